@@ -1,0 +1,83 @@
+"""The `peftkit` command. Parsing and error display only; the work lives in the modules it calls.
+
+Nothing heavy is imported at module level: `peftkit --help` and `peftkit validate` stay instant.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from peftkit import __version__
+
+
+def friendly_errors(fn):
+    """Print peftkit's own errors as one screen of text and exit non-zero, without a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from peftkit.errors import PeftkitError
+
+        try:
+            return fn(*args, **kwargs)
+        except PeftkitError as exc:
+            click.secho(f"error: {exc}", fg="red", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.secho("interrupted: finished files are intact; rerun with --resume to continue",
+                        fg="yellow", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="peftkit")
+def main():
+    """Parameter-efficient fine-tuning from YAML recipes: run, bench, merge, predict."""
+
+
+@main.command(context_settings={"ignore_unknown_options": False})
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", "out", type=click.Path(file_okay=False), help="run folder (default: output.dir)")
+@click.option("--overwrite", is_flag=True, help="replace a finished run in the output folder")
+@click.option("--resume", is_flag=True, help="continue from the last checkpoint in the output folder")
+@friendly_errors
+def run(recipe, overrides, out, overwrite, resume):
+    """Train and evaluate RECIPE; OVERRIDES are dotted key=value pairs (train.epochs=1)."""
+    from peftkit.recipe import load_recipe
+
+    parsed = load_recipe(recipe, list(overrides))
+    from peftkit.pipeline import run_recipe
+    from peftkit.summary import print_summary
+
+    result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
+    print_summary(result)
+
+
+@main.command()
+@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--override", "overrides", multiple=True, help="dotted key=value, repeatable")
+@friendly_errors
+def validate(recipes, overrides):
+    """Check RECIPES (and overrides) without loading a model; exit 2 on any problem."""
+    from peftkit.errors import RecipeError
+    from peftkit.recipe import load_recipe
+
+    failed = 0
+    for path in recipes:
+        try:
+            load_recipe(path, list(overrides))
+            click.echo(f"ok: {path}")
+        except RecipeError as exc:
+            failed += 1
+            click.secho(f"error: {exc}", fg="red", err=True)
+    if failed:
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Load the base model with the task's head, and its tokenizer."""
+
+from __future__ import annotations
+
+from peftkit.errors import UsageError
+from peftkit.models_registry import ModelSource, alias_list, resolve_model
+
+
+def source_of(recipe) -> ModelSource:
+    try:
+        return resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+    except LookupError as exc:
+        raise UsageError(f"model.name: {exc}") from None
+
+
+def load_tokenizer(source: ModelSource, recipe):
+    from transformers import AutoTokenizer
+
+    kwargs = hub_kwargs(source, recipe)
+    tok = call_loader(AutoTokenizer.from_pretrained, source, recipe, **kwargs)
+    if tok.pad_token is None:  # decoders ship without one; padding never reaches the loss
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(source: ModelSource, recipe, task, labels: list[str] | None, path: str | None = None):
+    """The base model with the task head. `path` loads a saved full model instead of the base."""
+    import transformers
+
+    auto = getattr(transformers, task.auto_class)
+    kwargs = hub_kwargs(source, recipe) if path is None else {}
+    if labels is not None:
+        kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
+                      label2id={name: i for i, name in enumerate(labels)})
+    quant = quantization_config(recipe, task)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
+    if path is not None:
+        return auto.from_pretrained(path, **kwargs)
+    model = call_loader(auto.from_pretrained, source, recipe, **kwargs)
+    if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
+        eos = model.config.eos_token_id
+        model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
+    return model
+
+
+def hub_kwargs(source: ModelSource, recipe) -> dict:
+    kwargs = {"trust_remote_code": recipe.model.trust_remote_code}
+    if source.gguf_file:
+        kwargs["gguf_file"] = source.gguf_file
+    if recipe.model.revision:
+        kwargs["revision"] = recipe.model.revision
+    return kwargs
+
+
+def call_loader(loader, source: ModelSource, recipe, **kwargs):
+    """from_pretrained with 'not found / offline' turned into one clear message."""
+    try:
+        return loader(source.path, **kwargs)
+    except OSError as exc:
+        if source.kind != "hub":
+            raise
+        raise UsageError(f"model.name: cannot load {source.path!r} ({str(exc).splitlines()[0][:160]}). "
+                         f"Offline? Use a packaged alias or a local folder. Packaged aliases: "
+                         f"{alias_list()}") from None
+
+
+def quantization_config(recipe, task):
+    """bitsandbytes settings; the task head stays in full precision (peft copies it to train it)."""
+    mode = recipe.model.quantization
+    if mode == "none":
+        return None
+    from peftkit.quantization import bnb_config
+
+    return bnb_config(mode, task)

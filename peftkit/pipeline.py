@@ -1,0 +1,155 @@
+"""run_recipe(): the one path from a validated recipe to a finished run folder.
+
+    recipe ─▶ data (read, standardize) ─▶ labels ─▶ model + tokenizer ─▶ encode
+           ─▶ strategy.apply ─▶ Trainer.train ─▶ evaluate on test ─▶ run folder
+`peftkit run`, `peftkit bench` and the tests all come through here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from peftkit import rundir
+
+
+def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
+               resume: bool = False) -> dict:
+    """Train and evaluate `recipe`; returns the result record also written to result.json."""
+    from transformers import set_seed
+
+    from peftkit.data.readers import load_raw
+    from peftkit.models import load_model, load_tokenizer, source_of
+    from peftkit.strategies import get_strategy
+    from peftkit.strategies.base import ApplyContext, count_parameters
+    from peftkit.tasks import get_task
+    from peftkit.train import build_trainer, resolve_precision, set_threads, total_train_steps
+
+    run_dir = Path(run_dir or rundir.default_run_dir(recipe))
+    recipe = absolute_paths(recipe)
+    rundir.prepare(run_dir, overwrite, resume)
+    set_threads(recipe)
+    set_seed(recipe.train.seed)
+
+    task = get_task(recipe.task)
+    raw = load_raw(recipe, task)
+    labels = task.label_names(raw, recipe)
+    source = source_of(recipe)
+    tokenizer = load_tokenizer(source, recipe)
+    model = load_model(source, recipe, task, labels)
+    encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
+    report_truncation(data_stats, recipe)
+
+    quantized = recipe.model.quantization != "none"
+    strategy = get_strategy(recipe.strategy_name)
+    ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized,
+                       total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
+    model = strategy.apply(model, recipe.strategy, ctx)
+    trainable, total = count_parameters(model)
+    precision = resolve_precision(recipe.train.precision, quantized)
+    rundir.write_recipe(run_dir, recipe)
+
+    trainer = build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir, precision,
+                            strategy.callbacks(model, recipe.strategy, ctx))
+    start = time.perf_counter()
+    train_out = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume))
+    train_seconds = time.perf_counter() - start
+    test_metrics = task.evaluate(trainer, encoded["test"], recipe, labels, "test")
+
+    result = {
+        "run_dir": str(run_dir), "task": recipe.task, "strategy": recipe.strategy_name,
+        "strategy_settings": dataclasses.asdict(recipe.strategy), "model": source.label,
+        "dataset": recipe.data.name, "quantization": recipe.model.quantization,
+        "precision": precision, "seed": recipe.train.seed,
+        "metric": recipe.eval.metric or task.default_metric,
+        "test": strip_prefix(test_metrics, "test_"),
+        "trainable_params": trainable, "total_params": total,
+        "trainable_percent": 100.0 * trainable / total,
+        "train_seconds": train_seconds, "train_steps": trainer.state.global_step,
+        "train_loss": train_out.training_loss,
+        "train_tokens_per_second": train_tokens(encoded["train"], trainer) / train_seconds,
+        "peak_memory_mb": peak_memory_mb(), "world_size": world_size(),
+        "effective_batch_size": recipe.train.batch_size * recipe.train.gradient_accumulation_steps
+        * world_size(),
+        "examples": {split: len(ds) for split, ds in encoded.items()}, **data_stats,
+        "versions": versions(),
+    }
+    if trainer.is_world_process_zero():
+        if recipe.output.save_model:
+            saved = rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels)
+            result["adapter_bytes"] = rundir.dir_size(saved)
+        rundir.write_json(run_dir / rundir.RESULT, result)
+    return result
+
+
+def absolute_paths(recipe):
+    """Local model and data paths become absolute so the saved recipe works from anywhere."""
+    from peftkit.data.registry import resolve_data
+    from peftkit.models_registry import resolve_model
+
+    recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model),
+                                 data=dataclasses.replace(recipe.data))
+    source = resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+    if source.kind in ("folder", "gguf"):
+        recipe.model.name = str(Path(source.path) / source.gguf_file) if source.kind == "gguf" \
+            else source.path
+    data = resolve_data(recipe)
+    if data.kind == "local":
+        recipe.data.name, recipe.data.data_dir = data.location, None
+    return recipe
+
+
+def resume_checkpoint(run_dir: Path, resume: bool):
+    if not resume:
+        return None
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder = run_dir / "checkpoints"
+    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+
+
+def report_truncation(stats: dict, recipe) -> None:
+    cut = {k[len("truncated_"):]: v for k, v in stats.items() if k.startswith("truncated_") and v}
+    if cut:
+        parts = ", ".join(f"{n} in {s}" for s, n in cut.items())
+        print(f"note: {parts} examples longer than data.max_length={recipe.data.max_length} "
+              "tokens were truncated (their cut-off words are not trained or scored)")
+
+
+def train_tokens(dataset, trainer) -> float:
+    """Real (non-padding) tokens seen in training: tokens per epoch x epochs run."""
+    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
+    return per_epoch * (trainer.state.epoch or 0)
+
+
+def strip_prefix(metrics: dict, prefix: str) -> dict:
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in metrics.items()}
+
+
+def world_size() -> int:
+    """Processes of a torchrun / accelerate launch (known before the Trainer starts them)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def peak_memory_mb() -> float:
+    import resource
+
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("peftkit", "torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out

@@ -1,0 +1,379 @@
+"""Recipes: YAML + dotted overrides -> a typed, validated `Recipe`.
+
+Torch-free. Every problem in a recipe is collected and raised together as one
+`RecipeError` that names the dotted key, what was wrong and what is allowed.
+
+    task: token-classification
+    model:    {name: minilm-l6}
+    strategy: {name: lora, r: 8}
+    data:     {name: demo-ner, max_length: 128}
+    train:    {epochs: 3, learning_rate: 5.0e-4}
+    eval:     {metric: f1}
+    output:   {dir: runs/lora_ner}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from peftkit.errors import RecipeError
+from peftkit.strategies.configs import STRATEGIES, opt
+
+TASKS = ["token-classification", "sequence-classification", "causal-lm"]
+
+
+@dataclass
+class ModelSection:
+    name: str = opt("minilm-l6", "packaged alias, local folder, GGUF file or hub id")
+    revision: str | None = opt(None, "hub revision")
+    gguf_file: str | None = opt(None, "GGUF file inside a folder `name`")
+    quantization: str = opt("none", "load the base quantized", choices=["none", "8bit", "4bit"])
+    trust_remote_code: bool = opt(False, "run model code shipped with a hub model")
+
+
+@dataclass
+class DataSection:
+    name: str = opt("demo-ner", "built-in set, folder/file, or hub dataset id")
+    data_dir: str | None = opt(None, "where named sets live (else $PEFTKIT_DATA_DIR)")
+    config: str | None = opt(None, "hub dataset configuration")
+    train_split: str = opt("train", "split to train on")
+    eval_split: str = opt("validation", "split evaluated during training")
+    test_split: str | None = opt("test", "split of the final metrics (null: use eval_split)")
+    max_length: int = opt(128, "tokens per example after tokenization", min=8)
+    max_train_samples: int | None = opt(None, "use only the first N training examples", min=1)
+    max_eval_samples: int | None = opt(None, "use only the first N evaluation examples", min=1)
+    max_test_samples: int | None = opt(None, "use only the first N test examples", min=1)
+    tokens_column: str = opt("tokens", "token-classification: list of words")
+    tags_column: str = opt("ner_tags", "token-classification: list of tags")
+    text_column: str = opt("sentence", "sequence-classification: first text")
+    text_pair_column: str | None = opt(None, "sequence-classification: second text")
+    label_column: str = opt("label", "sequence-classification: class label")
+    prompt_column: str = opt("mr", "causal-lm: the input the model is given")
+    target_column: str = opt("ref", "causal-lm: the text the model should produce")
+
+
+@dataclass
+class TrainSection:
+    epochs: float = opt(3.0, "passes over the training set", gt=0)
+    max_steps: int | None = opt(None, "stop after N optimizer steps (overrides epochs)", min=1)
+    batch_size: int = opt(16, "examples per device per step", min=1)
+    eval_batch_size: int = opt(64, "examples per device per evaluation step", min=1)
+    gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer step", min=1)
+    learning_rate: float = opt(5e-4, "peak learning rate", gt=0, max=1.0)
+    weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
+    warmup: float = opt(0.06, "warm-up: ratio of steps if < 1, else steps", min=0.0)
+    lr_scheduler: str = opt("linear", "learning-rate schedule",
+                            choices=["linear", "cosine", "constant", "constant_with_warmup"])
+    max_grad_norm: float = opt(1.0, "gradient clipping", min=0.0)
+    seed: int = opt(42, "seed for weights, data order and dropout", min=0)
+    precision: str = opt("auto", "auto picks bf16 where the hardware has it",
+                         choices=["auto", "fp32", "bf16", "fp16"])
+    group_by_length: bool = opt(True, "batch examples of similar length (less padding)")
+    logging_steps: int = opt(10, "log loss every N steps", min=1)
+    eval_every: str = opt("epoch", "when to evaluate during training", choices=["epoch", "steps", "no"])
+    eval_steps: int | None = opt(None, "with eval_every: steps, evaluate every N steps", min=1)
+    save_steps: int | None = opt(None, "checkpoint every N steps (null: at epoch ends)", min=1)
+    save_total_limit: int = opt(2, "checkpoints kept", min=1)
+    gradient_checkpointing: bool = opt(False, "trade compute for memory")
+    report_to: list[str] = opt([], "loggers", choices=["tensorboard", "mlflow"])
+    num_threads: int | None = opt(None, "CPU threads for torch (null: all cores)", min=1)
+
+
+@dataclass
+class EvalSection:
+    metric: str | None = opt(None, "metric that ranks runs (null: the task's default)")
+    max_new_tokens: int = opt(64, "causal-lm: tokens generated per example", min=1)
+    num_beams: int = opt(1, "causal-lm: beam width", min=1)
+
+
+@dataclass
+class OutputSection:
+    dir: str | None = opt(None, "run folder (null: runs/<recipe name>)")
+    save_model: bool = opt(True, "write the adapter or model into the run folder")
+
+
+@dataclass
+class Recipe:
+    task: str = opt("token-classification", "what the model learns", choices=TASKS)
+    model: ModelSection = field(default_factory=ModelSection)
+    strategy: Any = None  # one of peftkit.strategies.configs, chosen by strategy.name
+    strategy_name: str = "lora"
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    eval: EvalSection = field(default_factory=EvalSection)
+    output: OutputSection = field(default_factory=OutputSection)
+    source: str | None = None  # the recipe file, for messages and relative paths
+
+    def to_dict(self) -> dict:
+        """The resolved recipe as plain data, in the layout of a recipe file."""
+        out = {"task": self.task, "model": dataclasses.asdict(self.model),
+               "strategy": {"name": self.strategy_name, **dataclasses.asdict(self.strategy)}}
+        for name in ("data", "train", "eval", "output"):
+            out[name] = dataclasses.asdict(getattr(self, name))
+        return out
+
+    @property
+    def base_dir(self) -> Path:
+        """Relative paths in a recipe are relative to the recipe file, not the working directory."""
+        return Path(self.source).resolve().parent if self.source else Path.cwd()
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else self.base_dir / p
+
+
+SECTIONS = {"model": ModelSection, "data": DataSection, "train": TrainSection,
+            "eval": EvalSection, "output": OutputSection}
+TOP_KEYS = ["task", "strategy", *SECTIONS]
+
+
+# ---------------------------------------------------------------- loading
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe file, apply `key=value` overrides, validate. Raises RecipeError."""
+    path = str(path)
+    raw = read_yaml(path)
+    return build_recipe(raw, overrides, source=path)
+
+
+def read_yaml(path: str) -> dict:
+    import yaml  # safe_load only: recipes never construct Python objects
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecipeError([f"file not found: {path}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError([f"cannot read {path}: {exc}"]) from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError([f"{where}invalid YAML ({problem})"], source=path) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise RecipeError([f"the top level must be a mapping of sections ({', '.join(TOP_KEYS)}), "
+                           f"not {type_name(raw)}"], source=path)
+    return raw
+
+
+def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None) -> Recipe:
+    problems: list[str] = []
+    raw = apply_overrides(raw, overrides, problems)
+    recipe = Recipe(source=source)
+    for key in raw:
+        if key not in TOP_KEYS:
+            problems.append(unknown_key(str(key), TOP_KEYS))
+    if "task" in raw:
+        recipe.task = check_value("task", raw["task"], Recipe.__dataclass_fields__["task"], str,
+                                  problems, recipe.task)
+    for name, cls in SECTIONS.items():
+        setattr(recipe, name, build_section(name, cls, raw.get(name, {}), problems))
+    recipe.strategy_name, recipe.strategy = build_strategy(raw.get("strategy", {}), problems)
+    check_recipe(recipe, problems)
+    if problems:
+        raise RecipeError(problems, source=source)
+    return recipe
+
+
+def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dict:
+    """`train.epochs=1` -> raw['train']['epochs'] = 1; values parsed as YAML scalars/lists."""
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            problems.append(f"override {item!r}: expected dotted.key=value, e.g. train.epochs=1")
+            continue
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"override {item!r}: {'.'.join(parts[:i + 1])} is not a section")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return raw
+
+
+def build_section(path: str, cls: type, raw: Any, problems: list[str]):
+    obj = cls()
+    if raw is None:
+        return obj
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: must be a mapping of settings, not {type_name(raw)}")
+        return obj
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in raw.items():
+        key = str(key)
+        if key not in fields:
+            problems.append(unknown_key(key, list(fields), path))
+            continue
+        setattr(obj, key, check_value(f"{path}.{key}", value, fields[key], hints[key], problems,
+                                      getattr(obj, key)))
+    return obj
+
+
+def build_strategy(raw: Any, problems: list[str]):
+    if isinstance(raw, str):  # `strategy: full` is shorthand for `strategy: {name: full}`
+        raw = {"name": raw}
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"strategy: must be a mapping with a name, not {type_name(raw)}")
+        raw = {}
+    name = raw.get("name", "lora")
+    if not isinstance(name, str) or name not in STRATEGIES:
+        problems.append(f"strategy.name: {name!r} is not a strategy; choose one of "
+                        f"{', '.join(STRATEGIES)}{did_you_mean(str(name), list(STRATEGIES))}")
+        return "lora", STRATEGIES["lora"][0]()
+    settings = {k: v for k, v in raw.items() if k != "name"}
+    return name, build_section("strategy", STRATEGIES[name][0], settings, problems)
+
+
+# ---------------------------------------------------------------- value checks
+
+def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[str], default: Any):
+    """Type-check and range-check one value; on a problem, record it and keep the default."""
+    ok, value = coerce(value, tp)
+    if not ok:
+        problems.append(f"{path}: expected {describe(tp)}, got {value!r} "
+                        f"({type_name(value)}){help_of(f)}")
+        return default
+    meta = f.metadata
+    for item in (value if isinstance(value, list) else [value]):
+        if "choices" in meta and item is not None and item not in meta["choices"]:
+            problems.append(f"{path}: {item!r} is not allowed; choose one of "
+                            f"{', '.join(map(str, meta['choices']))}"
+                            f"{did_you_mean(str(item), list(map(str, meta['choices'])))}")
+            return default
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        bad = (("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"])
+               or ("gt" in meta and value <= meta["gt"]))
+        if bad:
+            problems.append(f"{path}: {value!r} is out of range; allowed {range_text(meta)}{help_of(f)}")
+            return default
+    return value
+
+
+def coerce(value: Any, tp) -> tuple[bool, Any]:
+    """(ok, value) for a YAML value against a type hint; ints are accepted where floats are."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        for arm in typing.get_args(tp):
+            ok, out = coerce(value, arm)
+            if ok:
+                return True, out
+        return False, value
+    if tp is type(None):
+        return value is None, value
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and item_tp is str:
+            return False, value
+        if not isinstance(value, list):
+            return False, value
+        out = []
+        for item in value:
+            ok, item = coerce(item, item_tp)
+            if not ok:
+                return False, value
+            out.append(item)
+        return True, out
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 as a string
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return isinstance(value, (int, float)) and not isinstance(value, bool), (
+            float(value) if isinstance(value, (int, float)) else value)
+    if tp is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def describe(tp) -> str:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(describe(a) for a in typing.get_args(tp))
+    if tp is type(None):
+        return "null"
+    if origin is list:
+        return f"a list of {describe(typing.get_args(tp)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+def range_text(meta: dict) -> str:
+    low = f"> {meta['gt']}" if "gt" in meta else (f">= {meta['min']}" if "min" in meta else "")
+    high = f"<= {meta['max']}" if "max" in meta else ""
+    return " and ".join(x for x in (low, high) if x)
+
+
+def help_of(f: dataclasses.Field) -> str:
+    return f" ({f.metadata['help']})" if f.metadata.get("help") else ""
+
+
+def type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
+            int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def unknown_key(key: str, allowed: list[str], path: str | None = None) -> str:
+    dotted = f"{path}.{key}" if path else key
+    return f"{dotted}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
+
+
+def did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+# ---------------------------------------------------------------- cross-field checks
+
+def check_recipe(recipe: Recipe, problems: list[str]) -> None:
+    """Checks that span several keys or look at the file system (no model is loaded)."""
+    if recipe.strategy_name == "full" and recipe.model.quantization != "none":
+        problems.append(f"strategy.name: full cannot train a {recipe.model.quantization} base "
+                        "(quantized weights have no gradients); use lora, adapter, prefix, ia3 or "
+                        "prompt, or set model.quantization: none")
+    if recipe.train.eval_every == "steps" and recipe.train.eval_steps is None:
+        problems.append("train.eval_steps: required when train.eval_every is steps")
+    s = recipe.strategy
+    if recipe.strategy_name == "adalora" and s.target_r > s.init_r:
+        problems.append(f"strategy.target_r: {s.target_r} is larger than strategy.init_r "
+                        f"{s.init_r}; AdaLoRA only prunes ranks")
+    if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
+        problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
+                        "use smollm2-135m or another decoder for task causal-lm")
+    from peftkit.data.registry import check_data_source
+    from peftkit.models_registry import check_model_name
+
+    check_model_name(recipe, problems)
+    check_data_source(recipe, problems)

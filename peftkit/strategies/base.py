@@ -1,0 +1,106 @@
+"""What every strategy provides, and helpers they share.
+
+    recipe.strategy (typed config) ──▶ Strategy.apply(model, cfg, ctx) ──▶ model to train
+                                        Strategy.callbacks(...)        ──▶ Trainer callbacks
+    run folder ◀── Strategy.save(model, folder)
+    run folder ──▶ Strategy.load(load_base, folder, cfg) ──▶ model for predict / eval / merge
+                   Strategy.merge(model)                 ──▶ plain transformers model
+
+A strategy never trains: the pipeline's one Trainer does, whatever the strategy.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from peftkit.errors import PeftkitError
+
+OWN_FORMAT_FILE = "peftkit_adapter.json"
+OWN_WEIGHTS_FILE = "adapter_model.safetensors"
+
+
+@dataclass
+class ApplyContext:
+    """What a strategy may need to know besides its own settings."""
+
+    task: Any                      # peftkit.tasks.Task
+    total_steps: int = 0           # optimizer steps of the whole run (AdaLoRA's budget schedule)
+    head_names: list[str] = field(default_factory=list)  # task head modules that must train
+    quantized: bool = False        # base loaded in 8/4 bit
+
+
+class Strategy:
+    name: str = ""
+    can_merge: bool = False        # the result is a weight delta that folds into the base
+    peft_format: bool = False      # saved as a peft adapter folder (PeftModel.from_pretrained)
+
+    def apply(self, model, cfg, ctx: ApplyContext):
+        raise NotImplementedError
+
+    def callbacks(self, model, cfg, ctx: ApplyContext) -> list:
+        return []
+
+    def save(self, model, folder: Path) -> None:
+        raise NotImplementedError
+
+    def load(self, load_base: Callable, folder: Path, cfg, ctx: ApplyContext):
+        raise NotImplementedError
+
+    def merge(self, model):
+        raise PeftkitError(f"strategy {self.name!r} cannot be merged into the base weights")
+
+
+def freeze_all(model) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def head_modules(model, names: list[str]) -> list[str]:
+    """Names of the task head modules present in `model` (e.g. classifier, score)."""
+    present = {n.split(".")[-1] for n, _ in model.named_modules()}
+    return [n for n in names if n in present]
+
+
+def unfreeze_heads(model, names: list[str]) -> None:
+    """A freshly initialised task head always trains, whatever the strategy."""
+    for mod_name, module in model.named_modules():
+        if mod_name.split(".")[-1] in names:
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total), counting packed 4-bit weights as their real number of parameters."""
+    trainable = total = 0
+    for p in model.parameters():
+        n = p.numel()
+        if p.__class__.__name__ == "Params4bit":  # two 4-bit values per stored byte
+            n *= 2
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return trainable, total
+
+
+def save_trainable(model, folder: Path, meta: dict) -> None:
+    """peftkit's own adapter format: the trainable tensors in safetensors + a JSON description."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(tensors, str(folder / OWN_WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / OWN_FORMAT_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_trainable(model, folder: Path) -> None:
+    """Load tensors written by save_trainable into a model that has the same adapter modules."""
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folder / OWN_WEIGHTS_FILE))
+    missing = set(tensors) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise PeftkitError(f"{folder}: saved tensors that the model does not have: {sorted(missing)[:5]}")
+    model.load_state_dict(tensors, strict=False)

@@ -1,0 +1,96 @@
+"""Typed settings of every strategy, torch-free so that recipes validate instantly.
+
+Each dataclass is the schema of the recipe's `strategy:` section for one `strategy.name`.
+Field metadata drives validation in `peftkit.recipe`: `choices`, `min`/`max` (inclusive),
+`gt` (strictly greater) and `help` (shown in errors).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def opt(default, help: str = "", **rules):
+    """A dataclass field with validation rules in its metadata."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **rules})
+    return field(default=default, metadata={"help": help, **rules})
+
+
+@dataclass
+class FullConfig:
+    freeze_embeddings: bool = opt(False, "keep the embedding matrices frozen")
+
+
+@dataclass
+class LoraConfig:
+    r: int = opt(8, "rank of the update", min=1)
+    alpha: float = opt(16.0, "scaling numerator (scale = alpha / r)", gt=0)
+    dropout: float = opt(0.1, "dropout on the LoRA input", min=0.0, max=1.0)
+    target_modules: list[str] | str | None = opt(
+        None, "module names, 'all-linear', or null for the per-architecture default")
+    use_dora: bool = opt(False, "weight-decomposed LoRA (DoRA)")
+    use_rslora: bool = opt(False, "rank-stabilised scaling alpha / sqrt(r)")
+    bias: str = opt("none", "which biases train", choices=["none", "all", "lora_only"])
+    init: str = opt("default", "initialisation of the A/B matrices",
+                    choices=["default", "gaussian", "pissa", "olora"])
+
+
+@dataclass
+class AdaLoraConfig:
+    init_r: int = opt(12, "starting rank of every adapted matrix", min=1)
+    target_r: int = opt(8, "average rank left when the budget schedule ends", min=1)
+    alpha: float = opt(32.0, "scaling numerator", gt=0)
+    dropout: float = opt(0.1, "dropout on the input", min=0.0, max=1.0)
+    target_modules: list[str] | str | None = opt(None, "module names or null for the default")
+    tinit: int = opt(0, "steps of warm-up before ranks are pruned", min=0)
+    tfinal: int = opt(0, "steps at the end with the final budget fixed", min=0)
+    deltaT: int = opt(10, "steps between two budget allocations", min=1)
+    beta1: float = opt(0.85, "EMA factor of the sensitivity", min=0.0, max=1.0)
+    beta2: float = opt(0.85, "EMA factor of the uncertainty", min=0.0, max=1.0)
+    orth_reg_weight: float = opt(0.5, "weight of the orthogonality regulariser", min=0.0)
+    total_step: int | None = opt(None, "training steps; null takes it from the schedule", min=1)
+
+
+@dataclass
+class AdapterConfig:
+    placement: str = opt("houlsby", "where adapters sit", choices=["houlsby", "pfeiffer"])
+    reduction_factor: float | None = opt(16.0, "hidden_size / bottleneck_size", gt=0)
+    bottleneck_size: int | None = opt(None, "overrides reduction_factor when set", min=1)
+    non_linearity: str = opt("relu", "activation in the bottleneck",
+                             choices=["relu", "gelu", "silu", "tanh", "swish"])
+    train_layer_norms: bool = opt(False, "also train the layer norms next to the adapters")
+    leave_out: list[int] = opt([], "layer indices that get no adapter")
+    init_scale: float = opt(1e-3, "std of the down-projection init", min=0.0)
+
+
+@dataclass
+class PrefixConfig:
+    num_virtual_tokens: int = opt(20, "prefix length per layer", min=1)
+    reparameterize: bool = opt(True, "train through an MLP that is folded away after training")
+    hidden_size: int = opt(512, "width of the reparameterisation MLP", min=1)
+    dropout: float = opt(0.0, "dropout on the prefixes", min=0.0, max=1.0)
+
+
+@dataclass
+class IA3Config:
+    target_modules: list[str] | str | None = opt(None, "module names or null for the default")
+    feedforward_modules: list[str] | None = opt(None, "which targets are feed-forward layers")
+
+
+@dataclass
+class PromptConfig:
+    num_virtual_tokens: int = opt(20, "soft prompt length", min=1)
+    init_text: str | None = opt(None, "initialise the prompt from this text's embeddings")
+
+
+# name -> (config class, implementation module, can_merge). Implementations are imported lazily.
+STRATEGIES: dict[str, tuple[type, str]] = {
+    "full": (FullConfig, "peftkit.strategies.full"),
+    "lora": (LoraConfig, "peftkit.strategies.lora"),
+    "adalora": (AdaLoraConfig, "peftkit.strategies.adalora"),
+    "adapter": (AdapterConfig, "peftkit.strategies.adapter"),
+    "prefix": (PrefixConfig, "peftkit.strategies.prefix"),
+    "ia3": (IA3Config, "peftkit.strategies.ia3"),
+    "prompt": (PromptConfig, "peftkit.strategies.prompt"),
+}

@@ -1,0 +1,31 @@
+"""Full fine-tuning: every parameter trains (embeddings optionally frozen)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from peftkit.strategies.base import Strategy
+
+
+class FullStrategy(Strategy):
+    name = "full"
+
+    def apply(self, model, cfg, ctx):
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if cfg.freeze_embeddings:
+            for p in model.get_input_embeddings().parameters():
+                p.requires_grad_(False)
+        return model
+
+    def save(self, model, folder: Path) -> None:
+        model.save_pretrained(str(folder), safe_serialization=True)
+
+    def load(self, load_base, folder: Path, cfg, ctx):
+        return load_base(path=str(folder))
+
+    def merge(self, model):
+        return model  # already a plain transformers model
+
+
+STRATEGY = FullStrategy()

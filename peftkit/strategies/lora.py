@@ -1,0 +1,27 @@
+"""LoRA (Hu et al. 2021), DoRA (Liu et al. 2024) and rsLoRA through peft.
+
+    x ──▶ W (frozen) ───────────────┐
+      └─▶ dropout ─▶ A (r×d) ─▶ B (d×r, zero init) ─▶ × alpha/r ─▶ + ─▶ y
+"""
+
+from __future__ import annotations
+
+from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
+
+INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+
+
+class LoraStrategy(PeftStrategy):
+    name = "lora"
+    can_merge = True
+
+    def peft_config(self, model, cfg, ctx):
+        from peft import LoraConfig
+
+        return LoraConfig(task_type=task_type(ctx), r=cfg.r, lora_alpha=cfg.alpha,
+                          lora_dropout=cfg.dropout, target_modules=target_modules(cfg.target_modules),
+                          use_dora=cfg.use_dora, use_rslora=cfg.use_rslora, bias=cfg.bias,
+                          init_lora_weights=INIT[cfg.init], modules_to_save=heads_to_save(model, ctx))
+
+
+STRATEGY = LoraStrategy()
