@@ -33,7 +33,37 @@ def friendly_errors(fn):
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+# Commands that live in their own modules, imported only when listed or invoked.
+# name -> (module, attribute). Those modules import click only, never torch at import time.
+LAZY_COMMANDS = {
+    "bench": ("peftkit.commands.bench", "bench"),
+    "merge": ("peftkit.commands.merge", "merge"),
+    "export": ("peftkit.commands.export", "export"),
+    "predict": ("peftkit.commands.predict", "predict"),
+    "eval": ("peftkit.commands.evaluate", "eval_cmd"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | {n for n in LAZY_COMMANDS if self._has(n)})
+
+    def get_command(self, ctx, name):
+        if name in LAZY_COMMANDS and self._has(name):
+            import importlib
+
+            module, attr = LAZY_COMMANDS[name]
+            return getattr(importlib.import_module(module), attr)
+        return super().get_command(ctx, name)
+
+    @staticmethod
+    def _has(name: str) -> bool:
+        import importlib.util
+
+        return importlib.util.find_spec(LAZY_COMMANDS[name][0]) is not None
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="peftkit")
 def main():
     """Parameter-efficient fine-tuning from YAML recipes: run, bench, merge, predict."""

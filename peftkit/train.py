@@ -70,7 +70,7 @@ def training_arguments(recipe, output_dir: Path, precision: str):
         save_strategy="steps" if save_by_steps else "epoch",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
-        gradient_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=t.gradient_checkpointing,
         report_to=list(t.report_to) or "none",
         remove_unused_columns=False,
         label_names=["labels"],

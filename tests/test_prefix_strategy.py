@@ -120,6 +120,13 @@ def test_llama_padding_is_respected():
     assert torch.allclose(both[:1, 3:], alone, atol=1e-5)
 
 
+def test_llama_stays_causal():
+    model = STRATEGY.apply(llama_lm(), PLAIN, ctx("causal-lm"))
+    x = ids((2, 8))
+    with torch.no_grad():   # a token's logits must not depend on the tokens after it
+        assert torch.allclose(model(input_ids=x).logits[:, :5], model(input_ids=x[:, :5]).logits, atol=1e-5)
+
+
 @pytest.mark.parametrize("cfg", [PLAIN, REPARAM], ids=["plain", "reparam"])
 def test_llama_generate_with_and_without_cache(cfg):
     model = STRATEGY.apply(llama_lm(), cfg, ctx("causal-lm"))
