@@ -39,7 +39,8 @@ def llama_lm(seed=0):
 
 def batch(seed=1, shape=(2, 9)):
     g = torch.Generator().manual_seed(seed)
-    return {"input_ids": torch.randint(5, 100, shape, generator=g), "attention_mask": torch.ones(shape, dtype=torch.long)}
+    return {"input_ids": torch.randint(5, 100, shape, generator=g),
+            "attention_mask": torch.ones(shape, dtype=torch.long)}
 
 
 def n_adapters(model):
@@ -157,7 +158,8 @@ def test_llama(tmp_path):
     cfg = AdapterConfig()
     model = STRATEGY.apply(llama_lm(), cfg, ctx("causal-lm"))
     layer = model.model.layers[0]
-    assert isinstance(layer.self_attn.o_proj, AdaptedLinear) and isinstance(layer.mlp.down_proj, AdaptedLinear)
+    assert isinstance(layer.self_attn.o_proj, AdaptedLinear)
+    assert isinstance(layer.mlp.down_proj, AdaptedLinear)
     assert torch.equal(model(**inputs).logits, expected)
     assert all(".adapter." in n for n in trainable(model))
     perturb(model)
@@ -177,6 +179,7 @@ def test_unsupported_architecture_is_a_clear_error():
 
 def test_merge_refuses_and_names_export():
     model = STRATEGY.apply(bert_tokens(), AdapterConfig(), ctx())
-    assert not STRATEGY.can_merge and not STRATEGY.peft_format and STRATEGY.callbacks(model, AdapterConfig(), ctx()) == []
+    assert not STRATEGY.can_merge and not STRATEGY.peft_format
+    assert STRATEGY.callbacks(model, AdapterConfig(), ctx()) == []
     with pytest.raises(PeftkitError, match="peftkit export"):
         STRATEGY.merge(model)

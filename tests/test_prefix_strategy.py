@@ -15,7 +15,7 @@ from peftkit.errors import PeftkitError
 from peftkit.strategies import get_strategy
 from peftkit.strategies.base import ApplyContext
 from peftkit.strategies.configs import PrefixConfig
-from peftkit.strategies.prefix import ATTN_NAME, ENCODER_ATTR, fold_prefixes
+from peftkit.strategies.prefix import ATTN_NAME, ENCODER_ATTR, extend_mask, fold_prefixes
 
 STRATEGY = get_strategy("prefix")
 BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100)
@@ -70,11 +70,26 @@ def test_custom_attention_is_used_and_only_prefix_and_head_train(cfg):
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
+def test_extend_mask_handles_bool_float_and_skipped_causal_masks():
+    module, q, k = types.SimpleNamespace(is_causal=True), torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 5, 8)
+    boolean = torch.tensor([[[[True, False, True, True, True]] * 3]])
+    row = extend_mask(boolean, module, q, k, 2, {})[0, 0, 0]
+    assert row.tolist() == [True, True, True, False, True, True, True]   # 2 prefix columns, then the mask
+    additive = torch.zeros(1, 1, 3, 5).masked_fill(~boolean, float("-inf"))
+    assert extend_mask(additive, module, q, k, 2, {})[0, 0, 0, :3].tolist() == [0.0, 0.0, 0.0]
+    causal = extend_mask(None, module, q, k, 2, {})   # queries are the last 3 of 5 keys
+    assert causal[0, 0].int().tolist() == [[1, 1, 1, 1, 1, 0, 0],
+                                           [1, 1, 1, 1, 1, 1, 0],
+                                           [1, 1, 1, 1, 1, 1, 1]]
+    assert extend_mask(None, types.SimpleNamespace(is_causal=False), q, k, 2, {}) is None
+
+
 def test_plain_prefix_shapes_follow_gqa():
     model = STRATEGY.apply(llama_lm(), PLAIN, ctx("causal-lm"))
     attn = model.model.layers[0].self_attn
     assert attn.prefix_key.shape == (LLAMA["num_key_value_heads"], 4, 8)   # kv heads, P, head_dim
-    assert trainable(model) == {f"model.layers.{i}.self_attn.prefix_{kv}" for i in range(2) for kv in ("key", "value")}
+    expected = {f"model.layers.{i}.self_attn.prefix_{kv}" for i in range(2) for kv in ("key", "value")}
+    assert trainable(model) == expected
 
 
 def test_training_lowers_the_loss_and_keeps_base_bit_identical():
@@ -163,6 +178,8 @@ def test_fold_leaves_outputs_unchanged():
     assert not hasattr(model, ENCODER_ATTR)
     assert not any(ENCODER_ATTR in n for n, _ in model.named_parameters())
     assert torch.allclose(before, after, atol=1e-5)
+    folded = sum(p.numel() for n, p in model.named_parameters() if n.endswith(("prefix_key", "prefix_value")))
+    assert STRATEGY.report(model) == {"prefix_parameters": folded} and folded == 2 * 2 * (2 * 8) * 4
 
 
 def test_callback_folds_at_train_end():

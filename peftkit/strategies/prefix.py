@@ -102,15 +102,14 @@ def layer_prefix(module) -> tuple[torch.Tensor, torch.Tensor] | None:
 def attention_modules(model) -> list[tuple[nn.Module, int, int]]:
     """(module, kv_heads, head_dim) of every self-attention module that calls the registry."""
     found = []
-    for _, module in model.named_modules():
-        proj = next((getattr(module, n) for n in KEY_PROJ_NAMES if isinstance(getattr(module, n, None), nn.Module)), None)
+    for module in model.modules():
         name = type(module).__name__
-        if proj is None or "Attention" not in name or "Cross" in name:
+        if "Attention" not in name or "Cross" in name:   # BertCrossAttention: encoder states, no prefix
             continue
+        proj = next((getattr(module, n) for n in KEY_PROJ_NAMES if hasattr(module, n)), None)
         head_dim = getattr(module, "head_dim", None) or getattr(module, "attention_head_size", None)
-        if not head_dim or not hasattr(proj, "out_features"):
-            continue
-        found.append((module, proj.out_features // head_dim, head_dim))
+        if head_dim and hasattr(proj, "out_features"):   # GQA: k_proj is kv_heads * head_dim wide
+            found.append((module, proj.out_features // head_dim, head_dim))
     return found
 
 
@@ -122,14 +121,14 @@ class PrefixEncoder(nn.Module):
         self.shapes = shapes                       # (kv_heads, head_dim) per layer
         self.sizes = [2 * h * d for h, d in shapes]
         self.embedding = nn.Parameter(torch.randn(n_tokens, hidden))   # nn.Embedding's N(0, 1), as peft
-        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, sum(self.sizes)))
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(),
+                                 nn.Linear(mlp_hidden, sum(self.sizes)))
 
     def layer_kv(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Only layer i's rows of the last Linear: n_layers cheap calls instead of caching one big output
         hidden = self.mlp[1](self.mlp[0](self.embedding))
-        start = sum(self.sizes[:i])
-        out = self.mlp[2]
-        flat = nn.functional.linear(hidden, out.weight[start:start + self.sizes[i]], out.bias[start:start + self.sizes[i]])
+        rows = slice(sum(self.sizes[:i]), sum(self.sizes[:i + 1]))
+        flat = nn.functional.linear(hidden, self.mlp[2].weight[rows], self.mlp[2].bias[rows])
         heads, dim = self.shapes[i]
         kv = flat.view(-1, 2, heads, dim).permute(1, 2, 0, 3)   # [2, heads, P, dim]
         return kv[0], kv[1]
@@ -222,6 +221,11 @@ class PrefixStrategy(Strategy):
         model = self.apply(load_base(), dataclasses.replace(cfg, reparameterize=False), ctx)
         load_trainable(model, Path(folder))
         return model
+
+    def report(self, model) -> dict:
+        # what the saved adapter holds (the reparameterisation MLP trains more, then is folded away)
+        n_tokens = model._peftkit_prefix_cfg.num_virtual_tokens
+        return {"prefix_parameters": sum(2 * h * d * n_tokens for _, h, d in attention_modules(model))}
 
     def merge(self, model):
         raise PeftkitError(
