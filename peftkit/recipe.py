@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
+import reprlib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -55,6 +57,7 @@ class DataSection:
     text_column: str = opt("sentence", "sequence-classification: first text")
     text_pair_column: str | None = opt(None, "sequence-classification: second text")
     label_column: str = opt("label", "sequence-classification: class label")
+    label_names: list[str] | None = opt(None, "sequence-classification: names of integer labels 0..N-1")
     prompt_column: str = opt("mr", "causal-lm: the input the model is given")
     target_column: str = opt("ref", "causal-lm: the text the model should produce")
 
@@ -159,6 +162,9 @@ def read_yaml(path: str) -> dict:
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise RecipeError([f"{where}invalid YAML ({problem})"], source=path) from None
+    except (ValueError, TypeError, OverflowError, RecursionError) as exc:  # e.g. !!timestamp 2020-13-01
+        raise RecipeError([f"invalid YAML value ({type(exc).__name__}: {str(exc)[:120]})"],
+                          source=path) from None
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -167,7 +173,9 @@ def read_yaml(path: str) -> dict:
     return raw
 
 
-def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None) -> Recipe:
+def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None,
+                 check_paths: bool = True) -> Recipe:
+    """check_paths=False skips the model/data look-ups (a saved recipe whose data has moved)."""
     problems: list[str] = []
     raw = apply_overrides(raw, overrides, problems)
     recipe = Recipe(source=source)
@@ -180,7 +188,7 @@ def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None
     for name, cls in SECTIONS.items():
         setattr(recipe, name, build_section(name, cls, raw.get(name, {}), problems))
     recipe.strategy_name, recipe.strategy = build_strategy(raw.get("strategy", {}), problems)
-    check_recipe(recipe, problems)
+    check_recipe(recipe, problems, check_paths)
     if problems:
         raise RecipeError(problems, source=source)
     return recipe
@@ -193,6 +201,8 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dic
     import yaml
 
     raw = copy.deepcopy(raw)
+    if isinstance(raw.get("strategy"), str):  # `strategy: lora` + strategy.r=16
+        raw["strategy"] = {"name": raw["strategy"]}
     for item in overrides:
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
@@ -201,7 +211,7 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dic
             continue
         try:
             value = yaml.safe_load(text)
-        except yaml.YAMLError:
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
             value = text
         node = raw
         for i, part in enumerate(parts[:-1]):
@@ -246,7 +256,7 @@ def build_strategy(raw: Any, problems: list[str]):
         raw = {}
     name = raw.get("name", "lora")
     if not isinstance(name, str) or name not in STRATEGIES:
-        problems.append(f"strategy.name: {name!r} is not a strategy; choose one of "
+        problems.append(f"strategy.name: {short(name)} is not a strategy; choose one of "
                         f"{', '.join(STRATEGIES)}{did_you_mean(str(name), list(STRATEGIES))}")
         return "lora", STRATEGIES["lora"][0]()
     settings = {k: v for k, v in raw.items() if k != "name"}
@@ -257,15 +267,19 @@ def build_strategy(raw: Any, problems: list[str]):
 
 def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[str], default: Any):
     """Type-check and range-check one value; on a problem, record it and keep the default."""
+    raw = value  # messages quote what the user wrote (-1, not -1.0)
     ok, value = coerce(value, tp)
     if not ok:
-        problems.append(f"{path}: expected {describe(tp)}, got {value!r} "
+        problems.append(f"{path}: expected {describe(tp)}, got {short(value)} "
                         f"({type_name(value)}){help_of(f)}")
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.append(f"{path}: {short(raw)} is not a finite number{help_of(f)}")
         return default
     meta = f.metadata
     for item in (value if isinstance(value, list) else [value]):
         if "choices" in meta and item is not None and item not in meta["choices"]:
-            problems.append(f"{path}: {item!r} is not allowed; choose one of "
+            problems.append(f"{path}: {short(item)} is not allowed; choose one of "
                             f"{', '.join(map(str, meta['choices']))}"
                             f"{did_you_mean(str(item), list(map(str, meta['choices'])))}")
             return default
@@ -273,7 +287,7 @@ def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[
         bad = (("min" in meta and value < meta["min"]) or ("max" in meta and value > meta["max"])
                or ("gt" in meta and value <= meta["gt"]))
         if bad:
-            problems.append(f"{path}: {value!r} is out of range; allowed {range_text(meta)}{help_of(f)}")
+            problems.append(f"{path}: {raw!r} is out of range; allowed {range_text(meta)}{help_of(f)}")
             return default
     return value
 
@@ -340,6 +354,13 @@ def help_of(f: dataclasses.Field) -> str:
     return f" ({f.metadata['help']})" if f.metadata.get("help") else ""
 
 
+def short(value: Any) -> str:
+    """repr() bounded in size and depth: a YAML alias bomb or a megabyte string stays one line."""
+    r = reprlib.Repr()
+    r.maxstring, r.maxother, r.maxlevel = 80, 80, 3
+    return r.repr(value)
+
+
 def type_name(value: Any) -> str:
     return {dict: "a mapping", list: "a list", str: "a string", bool: "true/false",
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
@@ -357,7 +378,7 @@ def did_you_mean(word: str, options: list[str]) -> str:
 
 # ---------------------------------------------------------------- cross-field checks
 
-def check_recipe(recipe: Recipe, problems: list[str]) -> None:
+def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) -> None:
     """Checks that span several keys or look at the file system (no model is loaded)."""
     if recipe.strategy_name == "full" and recipe.model.quantization != "none":
         problems.append(f"strategy.name: full cannot train a {recipe.model.quantization} base "
@@ -372,8 +393,14 @@ def check_recipe(recipe: Recipe, problems: list[str]) -> None:
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
         problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
                         "use smollm2-135m or another decoder for task causal-lm")
+    if not check_paths:
+        return
     from peftkit.data.registry import check_data_source
     from peftkit.models_registry import check_model_name
 
-    check_model_name(recipe, problems)
-    check_data_source(recipe, problems)
+    for check, key in ((check_model_name, "model.name"), (check_data_source, "data.name")):
+        try:
+            check(recipe, problems)
+        except (OSError, ValueError) as exc:  # NUL bytes, names longer than the OS allows
+            problems.append(f"{key}: not a usable name or path ({type(exc).__name__}: "
+                            f"{str(exc)[:100]})")

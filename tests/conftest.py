@@ -32,8 +32,8 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-bert")
     wp = BertWordPieceTokenizer(lowercase=True)
     wp.train_from_iterator(corpus_lines(), vocab_size=600, min_frequency=1)
-    wp.save_model(str(folder))
-    tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
+                            cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     tok.save_pretrained(folder)
     config = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=128)
