@@ -14,6 +14,8 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+if SHARED_DATA.is_dir():  # CoNLL-2003, SST-2 and E2E beside the checkout (never copied into it)
+    os.environ.setdefault("PEFTKIT_DATA_DIR", str(SHARED_DATA))
 
 
 def corpus_lines() -> list[str]:

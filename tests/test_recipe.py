@@ -15,13 +15,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
 
 
-@pytest.fixture(autouse=True)
-def data_dir(monkeypatch):
-    from conftest import SHARED_DATA
-
-    monkeypatch.setenv("PEFTKIT_DATA_DIR", str(SHARED_DATA))
-
-
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: str(p.relative_to(ROOT / "recipes")))
 def test_every_shipped_recipe_validates_and_opens_with_its_command(path):
     if "accelerate" in path.parts:
