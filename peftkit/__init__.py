@@ -6,3 +6,7 @@ start instantly.
 """
 
 __version__ = "0.1.0"
+
+from peftkit.quantization import quiet_bitsandbytes  # noqa: E402 - logging only, no torch
+
+quiet_bitsandbytes()  # before anything imports bitsandbytes (peft does): see quantization.py

@@ -20,17 +20,30 @@ def friendly_errors(fn):
     def wrapper(*args, **kwargs):
         from peftkit.errors import PeftkitError
 
+        sigterm_as_ctrl_c()
         try:
             return fn(*args, **kwargs)
         except PeftkitError as exc:
-            click.secho(f"error: {exc}", fg="red", err=True)
+            if not getattr(exc, "relayed", False):  # else the main process has printed it
+                click.secho(f"error: {exc}", fg="red", err=True)
             sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.secho("interrupted: finished files are intact; rerun with --resume to continue",
+        except KeyboardInterrupt as exc:  # peftkit.callbacks.RunInterrupted says where it stopped
+            click.secho(f"interrupted: {exc}" if str(exc) else
+                        "interrupted: finished files are intact; rerun with --resume to continue",
                         fg="yellow", err=True)
-            sys.exit(130)
+            sys.exit(getattr(exc, "exit_code", 130))
 
     return wrapper
+
+
+def sigterm_as_ctrl_c() -> None:
+    """SIGTERM (`kill`, a job scheduler) stops peftkit like Ctrl-C: clean exit, same message.
+    During training peftkit.callbacks.SignalStop takes both over to checkpoint first."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
 
 
 # Commands that live in their own modules, imported only when listed or invoked.
@@ -75,17 +88,23 @@ def main():
 @click.option("--out", "out", type=click.Path(file_okay=False), help="run folder (default: output.dir)")
 @click.option("--overwrite", is_flag=True, help="replace a finished run in the output folder")
 @click.option("--resume", is_flag=True, help="continue from the last checkpoint in the output folder")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="processes to train in (DDP via torch.distributed.run; gloo on CPU, NCCL on GPUs)")
 @friendly_errors
-def run(recipe, overrides, out, overwrite, resume):
+def run(recipe, overrides, out, overwrite, resume, nproc):
     """Train and evaluate RECIPE; OVERRIDES are dotted key=value pairs (train.epochs=1)."""
+    from peftkit import distributed
     from peftkit.recipe import load_recipe
 
-    parsed = load_recipe(recipe, list(overrides))
+    parsed = load_recipe(recipe, list(overrides))  # a bad recipe fails here, before any launch
+    if nproc > 1:
+        sys.exit(distributed.launch_run(nproc, parsed, recipe, overrides, out, overwrite, resume))
     from peftkit.pipeline import run_recipe
     from peftkit.summary import print_summary
 
     result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
-    print_summary(result)
+    if distributed.is_main():  # one summary, not one per process
+        print_summary(result)
 
 
 @main.command()

@@ -30,3 +30,28 @@ def classification_scores(true: list[int], pred: list[int], num_labels: int) -> 
     if num_labels == 2:
         out["mcc"] = float(matthews_corrcoef(true, pred))
     return out
+
+
+def generation_scores(predictions: list[str], references: list[list[str]]) -> dict:
+    """Exact match, corpus BLEU (sacrebleu) and ROUGE-L F1, each against all references of an input.
+
+    E2E-style data has several references per input: BLEU takes them as reference streams (None
+    where an input has fewer), ROUGE-L keeps the best-matching reference, exact match any of them.
+    """
+    import sacrebleu
+    from rouge_score import rouge_scorer
+
+    if not predictions:
+        return {"exact_match": 0.0, "bleu": 0.0, "rougeL": 0.0}
+    width = max(len(refs) for refs in references)
+    streams = [[refs[i] if i < len(refs) else None for refs in references] for i in range(width)]
+    bleu = sacrebleu.corpus_bleu(predictions, streams).score
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score_multi(refs, pred)["rougeL"].fmeasure for pred, refs in zip(predictions, references)]
+    exact = [normalize(pred) in {normalize(r) for r in refs} for pred, refs in zip(predictions, references)]
+    n = len(predictions)
+    return {"exact_match": 100.0 * sum(exact) / n, "bleu": bleu, "rougeL": 100.0 * sum(rouge) / n}
+
+
+def normalize(text: str) -> str:
+    return " ".join(text.split())

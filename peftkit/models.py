@@ -35,13 +35,27 @@ def load_model(source: ModelSource, recipe, task, labels: list[str] | None, path
     quant = quantization_config(recipe, task)
     if quant is not None:
         kwargs["quantization_config"] = quant
+    elif source.gguf_file and path is None:  # unpack GGUF blocks into plain float weights
+        kwargs["quantization_config"] = transformers.GgufConfig(dequantize=True)
     if path is not None:
         return auto.from_pretrained(path, **kwargs)
     model = call_loader(auto.from_pretrained, source, recipe, **kwargs)
+    if source.gguf_file:
+        plain_gguf(model)
     if model.config.pad_token_id is None and getattr(model.config, "eos_token_id", None) is not None:
         eos = model.config.eos_token_id
         model.config.pad_token_id = eos[0] if isinstance(eos, list) else eos
     return model
+
+
+def plain_gguf(model) -> None:
+    """A de-quantized GGUF model is a plain float model, but transformers leaves its GGUF quantizer
+    attached, and Trainer then refuses to train it ("quantized with GGUF ... do not support
+    training"). Detach it, so that training, saving and merging treat it as what it is."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None:
+        quantizer.remove_quantization_config(model)   # transformers' own undo: config, flags
+        model.config._is_quantized = False
 
 
 def hub_kwargs(source: ModelSource, recipe) -> dict:
@@ -55,8 +69,16 @@ def hub_kwargs(source: ModelSource, recipe) -> dict:
 
 def call_loader(loader, source: ModelSource, recipe, **kwargs):
     """from_pretrained with 'not found / offline' turned into one clear message."""
+    import pickle
+
     try:
         return loader(source.path, **kwargs)
+    except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors
+        found = [line for line in str(exc).splitlines() if "GLOBAL" in line] or [""]
+        raise UsageError(f"model.name: refusing the pickled weights in {source.path}: they hold "
+                         f"code or objects, not only tensors ({found[0][:120]}). "
+                         "Use a model saved as safetensors, or convert this one where you trust "
+                         "its source") from None
     except OSError as exc:
         if source.kind != "hub":
             raise

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from peftkit import rundir
+from peftkit import distributed, rundir, tracking
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -22,14 +22,21 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
 
     from peftkit.data.readers import load_raw
     from peftkit.models import load_model, load_tokenizer, source_of
+    from peftkit.quantization import memory_footprint
+    from peftkit.resume import finished_result, train as train_run
     from peftkit.strategies import get_strategy
     from peftkit.strategies.base import ApplyContext, count_parameters
     from peftkit.tasks import get_task
-    from peftkit.train import build_trainer, resolve_precision, set_threads, total_train_steps
+    from peftkit.train import (TokenCounter, build_trainer, resolve_precision, set_threads,
+                               total_train_steps)
 
     run_dir = Path(run_dir or rundir.default_run_dir(recipe))
     recipe = absolute_paths(recipe)
-    rundir.prepare(run_dir, overwrite, resume)
+    distributed.init()  # under torchrun / accelerate launch only the main process edits the folder
+    state, checkpoint = distributed.main_first(
+        lambda: prepare_folder(run_dir, recipe, overwrite, resume))
+    if state == "finished":  # --resume of a run that already finished: nothing to train
+        return distributed.main_first(lambda: finished_result(run_dir))
     set_threads(recipe)
     set_seed(recipe.train.seed)
 
@@ -40,22 +47,31 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     tokenizer = load_tokenizer(source, recipe)
     model = load_model(source, recipe, task, labels)
     encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
-    report_truncation(data_stats, recipe)
+    if distributed.is_main():
+        report_truncation(data_stats, recipe)
 
     quantized = recipe.model.quantization != "none"
     strategy = get_strategy(recipe.strategy_name)
-    ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized,
+    ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
     model = strategy.apply(model, recipe.strategy, ctx)
     trainable, total = count_parameters(model)
+    model_memory_mb = memory_footprint(model) / 2**20  # as stored: int8 / packed NF4 weights are smaller
     precision = resolve_precision(recipe.train.precision, quantized)
-    rundir.write_recipe(run_dir, recipe)
+    if distributed.is_main():
+        rundir.write_recipe(run_dir, recipe)
 
     trainer = build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir, precision,
-                            strategy.callbacks(model, recipe.strategy, ctx))
+                            strategy.callbacks(model, recipe.strategy, ctx),
+                            report_to=recipe.train.report_to,
+                            find_unused_parameters=strategy.ddp_find_unused_parameters)
+    tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
+    counter = TokenCounter(trainer.model)  # real vs padded tokens of the training batches
     start = time.perf_counter()
-    train_out = trainer.train(resume_from_checkpoint=resume_checkpoint(run_dir, resume))
+    train_out = train_run(trainer, checkpoint, run_dir)  # + signals, disk errors
     train_seconds = time.perf_counter() - start
+    counter.remove()
+    real, slots = distributed.all_sum([counter.real, counter.slots])  # every process's batches
     test_metrics = task.evaluate(trainer, encoded["test"], recipe, labels, "test")
 
     result = {
@@ -69,19 +85,31 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         "trainable_percent": 100.0 * trainable / total,
         "train_seconds": train_seconds, "train_steps": trainer.state.global_step,
         "train_loss": train_out.training_loss,
-        "train_tokens_per_second": train_tokens(encoded["train"], trainer) / train_seconds,
-        "peak_memory_mb": peak_memory_mb(), "world_size": world_size(),
+        "train_tokens_per_second": real / train_seconds,
+        "train_padding_fraction": 1.0 - real / slots if slots else 0.0,
+        "peak_memory_mb": peak_memory_mb(), "model_memory_mb": model_memory_mb,
+        "world_size": world_size(),
         "effective_batch_size": recipe.train.batch_size * recipe.train.gradient_accumulation_steps
         * world_size(),
         "examples": {split: len(ds) for split, ds in encoded.items()}, **data_stats,
-        "versions": versions(),
+        "versions": versions(), **strategy.report(trainer.model),
     }
     if trainer.is_world_process_zero():
         if recipe.output.save_model:
             saved = rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels)
             result["adapter_bytes"] = rundir.dir_size(saved)
         rundir.write_json(run_dir / rundir.RESULT, result)
+    tracking.finish(tracker, recipe, result)
+    distributed.barrier()  # the other processes return once the run folder is complete
     return result
+
+
+def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tuple[str, str | None]:
+    """The existing-folder rules (peftkit/resume.py), then the checkpoint to resume from, if any."""
+    from peftkit.resume import checkpoint_to_resume
+
+    state = rundir.prepare(run_dir, overwrite, resume)
+    return state, checkpoint_to_resume(run_dir, recipe) if state == "resume" else None
 
 
 def absolute_paths(recipe):
@@ -101,27 +129,12 @@ def absolute_paths(recipe):
     return recipe
 
 
-def resume_checkpoint(run_dir: Path, resume: bool):
-    if not resume:
-        return None
-    from transformers.trainer_utils import get_last_checkpoint
-
-    folder = run_dir / "checkpoints"
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
-
-
 def report_truncation(stats: dict, recipe) -> None:
     cut = {k[len("truncated_"):]: v for k, v in stats.items() if k.startswith("truncated_") and v}
     if cut:
         parts = ", ".join(f"{n} in {s}" for s, n in cut.items())
         print(f"note: {parts} examples longer than data.max_length={recipe.data.max_length} "
               "tokens were truncated (their cut-off words are not trained or scored)")
-
-
-def train_tokens(dataset, trainer) -> float:
-    """Real (non-padding) tokens seen in training: tokens per epoch x epochs run."""
-    per_epoch = sum(len(ids) for ids in dataset["input_ids"])
-    return per_epoch * (trainer.state.epoch or 0)
 
 
 def strip_prefix(metrics: dict, prefix: str) -> dict:

@@ -153,7 +153,11 @@ def read_yaml(path: str) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
         raise RecipeError([f"file not found: {path}"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        from peftkit.data.checks import utf8_problem  # names the line of the bad byte
+
+        raise RecipeError([utf8_problem(path)]) from None
+    except (OSError, ValueError) as exc:  # a folder, no permission, a NUL byte in the path
         raise RecipeError([f"cannot read {path}: {exc}"]) from None
     try:
         raw = yaml.safe_load(text)
@@ -397,8 +401,10 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
         return
     from peftkit.data.registry import check_data_source
     from peftkit.models_registry import check_model_name
+    from peftkit.quantization import check_quantizable
 
-    for check, key in ((check_model_name, "model.name"), (check_data_source, "data.name")):
+    for check, key in ((check_model_name, "model.name"), (check_data_source, "data.name"),
+                       (check_quantizable, "model.quantization")):
         try:
             check(recipe, problems)
         except (OSError, ValueError) as exc:  # NUL bytes, names longer than the OS allows

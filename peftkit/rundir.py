@@ -30,17 +30,11 @@ def default_run_dir(recipe) -> Path:
     return Path("runs") / stem
 
 
-def prepare(run_dir: Path, overwrite: bool, resume: bool) -> None:
-    """Refuse to clobber a finished run; keep checkpoints of an interrupted one only with resume."""
-    if (run_dir / RESULT).exists() and not (overwrite or resume):
-        raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it "
-                         "or set output.dir to another folder")
-    if run_dir.exists() and overwrite:
-        shutil.rmtree(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise PeftkitError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
+def prepare(run_dir: Path, overwrite: bool, resume: bool) -> str:
+    """Apply the existing-folder rules (table in peftkit/resume.py): "new", "resume" or "finished"."""
+    from peftkit.resume import prepare as prepare_folder
+
+    return prepare_folder(run_dir, overwrite, resume)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -82,6 +76,8 @@ def save_weights(run_dir: Path, strategy, model, tokenizer, labels) -> Path:
 
 
 def weights_dir(run_dir: Path) -> Path:
+    if (run_dir / "peftkit.json").is_file():  # a `peftkit export` folder: weights at its top level
+        return run_dir
     for name in ("adapter", "model"):
         if (run_dir / name).is_dir():
             return run_dir / name
@@ -107,7 +103,7 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None):
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE).is_file():
         raise UsageError(f"{run_dir} is not a peftkit run folder (no {RECIPE})")
-    recipe = build_recipe(read_yaml(str(run_dir / RECIPE)), source=None)
+    recipe = build_recipe(read_yaml(str(run_dir / RECIPE)), source=None, check_paths=False)
     if quantization is not None:
         recipe.model.quantization = quantization
     labels = json.loads((run_dir / LABELS).read_text()) if (run_dir / LABELS).exists() else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -21,9 +22,12 @@ def resolve_precision(choice: str, quantized: bool = False) -> str:
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 
+CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere unreadable -> fp32
+
+
 def cpu_has_fast_bf16() -> bool:
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        flags = CPUINFO.read_text()
     except OSError:
         return False
     return " avx512_bf16" in flags or " amx_bf16" in flags
@@ -39,7 +43,8 @@ def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
     return math.ceil(per_epoch * t.epochs)
 
 
-def training_arguments(recipe, output_dir: Path, precision: str):
+def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
+                       find_unused_parameters: bool = False):
     import torch
     from transformers import TrainingArguments
 
@@ -71,12 +76,12 @@ def training_arguments(recipe, output_dir: Path, precision: str):
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         activation_checkpointing=t.gradient_checkpointing,
-        report_to=list(t.report_to) or "none",
+        report_to=list(report_to) or "none",  # the pipeline passes the recipe's (peftkit.tracking)
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
         disable_tqdm=False,
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=find_unused_parameters,  # the strategy's (Strategy docstring)
     )
 
 
@@ -95,22 +100,87 @@ def metrics_logger(path: Path):
 
 
 def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path, precision: str,
-                  callbacks: list):
+                  callbacks: list, *, report_to=(), find_unused_parameters: bool = False):
     from transformers import Trainer
 
-    args = training_arguments(recipe, run_dir / "checkpoints", precision)
-    pad_multiple = 8 if precision in ("bf16", "fp16") else None
-    return Trainer(
-        model=model,
-        args=args,
-        train_dataset=encoded["train"],
-        eval_dataset=encoded["eval"] if recipe.train.eval_every != "no" else None,
-        data_collator=task.collator(tokenizer, pad_to_multiple_of=pad_multiple),
-        processing_class=tokenizer,
-        compute_metrics=task.compute_metrics(labels, recipe),
-        preprocess_logits_for_metrics=task.preprocess_logits,
-        callbacks=[metrics_logger(run_dir / "metrics.jsonl"), *callbacks],
-    )
+    from peftkit.callbacks import guard_callbacks  # NaN stop, signals, resume state, data order
+    from peftkit.quantization import own_adapters_accepted
+
+    args = training_arguments(recipe, run_dir / "checkpoints", precision, report_to,
+                              find_unused_parameters)
+    declare_loss_kwargs(model)
+    pad_multiple = pad_to_multiple(precision)
+    with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
+        return Trainer(
+            model=model,
+            args=args,
+            train_dataset=encoded["train"],
+            eval_dataset=encoded["eval"] if recipe.train.eval_every != "no" else None,
+            data_collator=task.collator(tokenizer, pad_to_multiple_of=pad_multiple),
+            processing_class=tokenizer,
+            compute_metrics=task.compute_metrics(labels, recipe),
+            preprocess_logits_for_metrics=task.preprocess_logits,
+            callbacks=[metrics_logger(run_dir / "metrics.jsonl"), *guard_callbacks(recipe), *callbacks],
+        )
+
+
+def declare_loss_kwargs(model) -> None:
+    """Tell the Trainer when the model's loss ignores `num_items_in_batch`.
+
+    transformers 5 passes num_items_in_batch (labels counted over all processes) to any forward
+    that takes **kwargs, then multiplies the loss by the number of processes and skips the
+    gradient-accumulation division, trusting the model to have divided by that count. Models whose
+    head calls `self.loss_function` (Llama, ...) do; BERT-family heads take a plain per-batch mean
+    with CrossEntropyLoss and ignore it, so under 2 processes their loss and gradients doubled
+    (measured: test loss 4.19 against 2.09 single-process, same predictions). The Trainer's
+    documented switch is `accepts_loss_kwargs = False` on the model."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under peft
+    if hasattr(base, "accepts_loss_kwargs"):
+        return  # the model (or an earlier call) says
+    try:
+        source = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return
+    if "self.loss_function(" not in source:
+        base.accepts_loss_kwargs = False
+
+
+def pad_to_multiple(precision: str) -> int | None:
+    """8 feeds GPU tensor cores aligned tiles. On CPU a padded slot costs as much as a real token
+    (oneDNN has no such tiles; measured: bf16 step time grows linearly with length), so no padding."""
+    import torch
+
+    return 8 if precision in ("bf16", "fp16") and torch.cuda.is_available() else None
+
+
+class TokenCounter:
+    """Counts the real (attention_mask) and padded token slots the model trains on: a forward
+    pre-hook that ignores eval-mode calls, so evaluations during training are not counted."""
+
+    def __init__(self, model):
+        self.real = self.slots = 0
+        self.handle = model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        if not module.training:
+            return
+        mask = kwargs.get("attention_mask")
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if mask is not None:
+            self.real += int(mask.sum())
+            self.slots += mask.numel()
+        elif ids is not None:
+            self.real += ids.numel()
+            self.slots += ids.numel()
+
+    @property
+    def padding_fraction(self) -> float:
+        return 1.0 - self.real / self.slots if self.slots else 0.0
+
+    def remove(self) -> None:
+        self.handle.remove()
 
 
 def set_threads(recipe) -> None:
@@ -118,5 +188,16 @@ def set_threads(recipe) -> None:
 
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
-    elif "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(os.cpu_count() or 1)
+    elif "OMP_NUM_THREADS" not in os.environ:  # processes of one launch share the cores
+        torch.set_num_threads(max(1, default_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+
+
+@functools.lru_cache(maxsize=1)
+def default_threads() -> int:
+    """One thread per physical core this process may use: torch's own default (physical cores,
+    no hyper-threads: GEMM kernels share a core's FMA units) capped by the CPU affinity mask, which
+    torch ignores (taskset, containers). Cached: later set_num_threads calls change what torch says."""
+    import torch
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(torch.get_num_threads(), usable or 1))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from peftkit.data.checks import read_utf8
 from peftkit.errors import DataError
 
 TAG = re.compile(r"^(O|[BI]-\S+)$")
@@ -17,11 +18,7 @@ def read_conll(path: Path) -> dict[str, list]:
 
     tokens, tags, sent_tokens, sent_tags = [], [], [], []
     width = None
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text (byte {exc.start}); re-encode it, e.g. "
-                        f"iconv -f latin1 -t utf-8") from None
+    lines = read_utf8(path).split("\n")  # (not splitlines: \x85, \u2028 are text, not line ends)
     for number, line in enumerate(lines, start=1):
         parts = line.split()
         if not parts or parts[0] == "-DOCSTART-":
@@ -31,7 +28,10 @@ def read_conll(path: Path) -> dict[str, list]:
                 sent_tokens, sent_tags = [], []
             continue
         width = width or len(parts)
-        if len(parts) != width or width < 2:
+        if width < 2:
+            raise DataError(f"{path}, line {number}: one column; expected `token ... tag` (the tag "
+                            f"last, separated by spaces or tabs): {line.strip()[:60]!r}")
+        if len(parts) != width:
             raise DataError(f"{path}, line {number}: {len(parts)} columns where the file uses "
                             f"{width} (expected `token ... tag`): {line.strip()[:60]!r}")
         if not TAG.match(parts[-1]):

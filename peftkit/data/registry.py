@@ -10,7 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-BUILTIN = {"demo-ner": "token-classification"}
+BUILTIN = {"demo-ner": "token-classification", "demo-sentiment": "sequence-classification",
+           "demo-gen": "causal-lm"}
 DATA_DIR_ENV = "PEFTKIT_DATA_DIR"
 SPLIT_FILES = {  # split -> file name stems tried in a data folder, in order
     "train": ["train", "trainset", "training"],

@@ -12,6 +12,7 @@ A strategy never trains: the pipeline's one Trainer does, whatever the strategy.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,12 +31,19 @@ class ApplyContext:
     total_steps: int = 0           # optimizer steps of the whole run (AdaLoRA's budget schedule)
     head_names: list[str] = field(default_factory=list)  # task head modules that must train
     quantized: bool = False        # base loaded in 8/4 bit
+    tokenizer: Any = None          # the run's tokenizer (prompt tuning initialises from text)
 
 
 class Strategy:
     name: str = ""
     can_merge: bool = False        # the result is a weight delta that folds into the base
     peft_format: bool = False      # saved as a peft adapter folder (PeftModel.from_pretrained)
+    # DDP's find_unused_parameters: True only where some trainable parameter gets no gradient in a
+    # step (DDP then waits for it forever). None so far: AdaLoRA's pruned ranks are zeroed, not cut
+    # from the graph; prefix tuning's reparameterisation MLP feeds every layer until it is folded
+    # after training; task heads train or are frozen (DDP skips frozen ones). Checked for every
+    # strategy by tests/test_distributed.py; False keeps DDP's cheaper path.
+    ddp_find_unused_parameters: bool = False
 
     def apply(self, model, cfg, ctx: ApplyContext):
         raise NotImplementedError
@@ -48,6 +56,10 @@ class Strategy:
 
     def load(self, load_base: Callable, folder: Path, cfg, ctx: ApplyContext):
         raise NotImplementedError
+
+    def report(self, model) -> dict:
+        """Extra facts about the trained model for result.json (AdaLoRA: the ranks it kept)."""
+        return {}
 
     def merge(self, model):
         raise PeftkitError(f"strategy {self.name!r} cannot be merged into the base weights")
@@ -77,8 +89,9 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = total = 0
     for p in model.parameters():
         n = p.numel()
-        if p.__class__.__name__ == "Params4bit":  # two 4-bit values per stored byte
-            n *= 2
+        if p.__class__.__name__ == "Params4bit":  # two 4-bit values per stored byte: count the
+            shape = getattr(getattr(p, "quant_state", None), "shape", None)  # unpacked shape
+            n = math.prod(shape) if shape is not None else 2 * n
         total += n
         if p.requires_grad:
             trainable += n

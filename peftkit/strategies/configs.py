@@ -43,8 +43,10 @@ class AdaLoraConfig:
     alpha: float = opt(32.0, "scaling numerator", gt=0)
     dropout: float = opt(0.1, "dropout on the input", min=0.0, max=1.0)
     target_modules: list[str] | str | None = opt(None, "module names or null for the default")
-    tinit: int = opt(0, "steps of warm-up before ranks are pruned", min=0)
-    tfinal: int = opt(0, "steps at the end with the final budget fixed", min=0)
+    # below 1: a share of total_step (like train.warmup), so a recipe survives train.epochs overrides;
+    # defaults follow the AdaLoRA paper's GLUE settings (SST-2: tinit 6000, tfinal 22000 of ~50k steps)
+    tinit: float = opt(0.1, "warm-up before ranks are pruned: steps, or a share of steps if < 1", min=0.0)
+    tfinal: float = opt(0.4, "final steps with the budget fixed: steps, or a share if < 1", min=0.0)
     deltaT: int = opt(10, "steps between two budget allocations", min=1)
     beta1: float = opt(0.85, "EMA factor of the sensitivity", min=0.0, max=1.0)
     beta2: float = opt(0.85, "EMA factor of the uncertainty", min=0.0, max=1.0)

@@ -1,0 +1,282 @@
+"""Trainer callbacks that make a run stoppable, resumable and safe against divergence.
+
+    step end ──▶ NonFiniteGuard    NaN/inf weights or loss: stop before the next checkpoint,
+                                   keep the last good one, say why (learning rate?)
+             ──▶ SignalStop        Ctrl-C / SIGTERM: finish the step, checkpoint, stop cleanly
+    epoch begin ▶ SeededDataOrder  batch order of epoch e = f(data_seed, e): a resumed run
+                                   sees the same batches as an uninterrupted one
+    save ───────▶ CheckpointExtras state the Trainer does not checkpoint (AdaLoRA's allocator)
+    epoch end ──▶ CheckpointExtras also checkpoint at epoch ends when saving every N steps
+
+Everything a run needs to continue bit-for-bit lives in `checkpoints/checkpoint-N/`: the Trainer
+writes weights, optimizer, scheduler and RNG states and (last) trainer_state.json; we add
+`peftkit_state.pt`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from peftkit.errors import PeftkitError
+
+EXTRAS_FILE = "peftkit_state.pt"
+
+
+class TrainingDiverged(PeftkitError):
+    """Loss or weights became NaN/inf. The recipe is the fix (learning rate, precision): exit 2."""
+
+    exit_code = 2
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Stopped by a signal after a checkpoint was written; exit 128 + signal number. A
+    KeyboardInterrupt, so that `except Exception` (bench's per-variant guard) lets it through."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+def guard_callbacks(recipe) -> list:
+    """The callbacks every run gets (module docstring), in the order they must run."""
+    return [SeededDataOrder(recipe.train.seed), NonFiniteGuard(recipe.train.learning_rate),
+            SignalStop(), CheckpointExtras()]
+
+
+# ---------------------------------------------------------------- data order
+
+class SeededDataOrder(TrainerCallback):
+    """transformers' LengthGroupedSampler draws each epoch's permutation from the global torch RNG,
+    which dropout has advanced by then; a resumed process starts from a different RNG state and
+    would see other batches. Seeding it from (data_seed, epoch) makes the order a function of the
+    recipe. (The plain random sampler is already seeded this way by accelerate's
+    SeedableRandomSampler.)"""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self.seeded = 0  # samplers seeded, for tests
+
+    def on_epoch_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        import torch
+        from transformers.trainer_pt_utils import LengthGroupedSampler
+
+        epoch = math.floor((state.epoch or 0) + 1e-6)  # a resumed state.epoch is fractional
+        seed = (args.data_seed if args.data_seed is not None else self.seed) + epoch
+        for sampler in samplers_of(train_dataloader):
+            if isinstance(sampler, LengthGroupedSampler):
+                sampler.generator = torch.Generator().manual_seed(seed)
+                self.seeded += 1
+
+
+def samplers_of(loader) -> list:
+    """The index samplers inside a (possibly accelerate-wrapped, batch-skipping) DataLoader."""
+    found, stack, seen = [], [loader], set()
+    while stack:
+        obj = stack.pop()
+        if obj is None or id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if hasattr(obj, "__iter__") and hasattr(obj, "generator") and not hasattr(obj, "dataset"):
+            found.append(obj)
+        for attr in ("sampler", "batch_sampler", "base_dataloader"):
+            stack.append(getattr(obj, attr, None))
+    return found
+
+
+# ---------------------------------------------------------------- divergence
+
+class NonFiniteGuard(TrainerCallback):
+    """Stop the run as soon as the loss or a trainable weight is NaN/inf, before a checkpoint is
+    written: the last checkpoint on disk stays the last good one. Weights are scanned only at steps
+    that log, evaluate, save or end training (NaN weights stay NaN, so nothing is missed)."""
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = learning_rate
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            self.fail(args, state, f"the training loss is {loss}")
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        self.check(args, state, control, model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.check(args, state, control, model)
+
+    def check(self, args, state, control, model) -> None:
+        busy = (control.should_save or control.should_log or control.should_evaluate
+                or control.should_training_stop)
+        if model is not None and busy:
+            bad = first_non_finite(model)
+            if bad:
+                self.fail(args, state, f"weight {bad} is NaN or infinite")
+
+    def fail(self, args, state, what: str):
+        from transformers.trainer_utils import get_last_checkpoint
+
+        folder = args.output_dir
+        last = get_last_checkpoint(folder) if os.path.isdir(folder) else None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        raise TrainingDiverged(
+            f"training diverged at step {state.global_step}: {what}. The learning rate "
+            f"({self.learning_rate:g}) is probably too high: lower train.learning_rate (e.g. 10x), "
+            f"keep train.max_grad_norm > 0, or use train.precision: fp32. Nothing was written "
+            f"after the problem; {kept}. Fix the recipe and rerun with --overwrite "
+            f"(--resume would continue from that checkpoint).")
+
+
+def first_non_finite(model) -> str | None:
+    import torch
+
+    for name, p in model.named_parameters():
+        if p.requires_grad and not bool(torch.isfinite(p).all()):
+            return name
+    return None
+
+
+# ---------------------------------------------------------------- checkpoints
+
+class CheckpointExtras(TrainerCallback):
+    """Checkpoint at epoch ends as well as every train.save_steps, and save the state that is part
+    of the model's training but not of its weights: AdaLoRA's importance averages (RankAllocator)
+    and its rank pattern.
+
+    peft saves an AdaLoRA adapter with a rank pattern set *resized* to the kept ranks, which the
+    resumed (full-size) model cannot load; while the Trainer writes a checkpoint the pattern is
+    moved aside, so the checkpoint holds the full-size masked weights, and restored afterwards."""
+
+    def __init__(self):
+        self.last_saved = -1
+        self.stashed = None
+        self.resume_from: str | None = None  # set by peftkit.resume.train (the Trainer doesn't say)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save:
+            self.stash_rank_pattern(model)
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if args.save_strategy == "steps" and state.global_step != self.last_saved:
+            control.should_save = True
+        if control.should_save:
+            self.stash_rank_pattern(model)
+
+    def on_save(self, args, state, control, model=None, **kwargs):
+        self.restore_rank_pattern(model)
+        self.last_saved = state.global_step
+        if state.is_world_process_zero:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            save_extras(folder, model)
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.last_saved = state.global_step
+        if self.resume_from:
+            load_extras(Path(self.resume_from), model)
+
+    def stash_rank_pattern(self, model) -> None:
+        config = adalora_config(model)
+        if config is not None and config.rank_pattern is not None and self.stashed is None:
+            self.stashed, config.rank_pattern = config.rank_pattern, None
+
+    def restore_rank_pattern(self, model) -> None:
+        config = adalora_config(model)
+        if config is not None and self.stashed is not None:
+            config.rank_pattern, self.stashed = self.stashed, None
+
+
+def adalora_config(model):
+    tuner = getattr(model, "base_model", None)
+    if model is None or not hasattr(tuner, "rankallocator"):
+        return None
+    return model.peft_config[tuner.trainable_adapter_name]
+
+
+def save_extras(folder: Path, model) -> None:
+    import torch
+
+    extras = {}
+    config = adalora_config(model)
+    if config is not None:
+        alloc = model.base_model.rankallocator
+        extras["adalora"] = {"rank_pattern": config.rank_pattern, "ipt": alloc.ipt,
+                             "exp_avg_ipt": alloc.exp_avg_ipt, "exp_avg_unc": alloc.exp_avg_unc}
+    tmp = folder / (EXTRAS_FILE + ".tmp")
+    torch.save(extras, tmp)
+    os.replace(tmp, folder / EXTRAS_FILE)
+
+
+def load_extras(folder: Path, model) -> None:
+    import torch
+
+    path = folder / EXTRAS_FILE
+    config = adalora_config(model)
+    if not path.is_file():
+        if config is not None:
+            print(f"warning: {folder} has no {EXTRAS_FILE}; AdaLoRA's importance scores restart "
+                  "from zero, so the resumed run will differ slightly from an uninterrupted one")
+        return
+    extras = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no pickle code
+    if config is not None and "adalora" in extras:
+        state = extras["adalora"]
+        alloc = model.base_model.rankallocator
+        device = next(model.parameters()).device
+        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
+            setattr(alloc, key, {n: t.to(device) for n, t in state[key].items()})
+        config.rank_pattern = state["rank_pattern"]
+
+
+# ---------------------------------------------------------------- signals
+
+class SignalStop(TrainerCallback):
+    """Ctrl-C or SIGTERM during training: finish the current step, write a checkpoint, stop, and
+    raise RunInterrupted with the way to continue. A second signal stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum = None
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step and writing a "
+              "checkpoint (send it again to stop at once)", flush=True)
+
+    @contextmanager
+    def installed(self):
+        """Own SIGINT/SIGTERM while the Trainer runs (main thread only); restore them after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, self.handle) for s in self.SIGNALS}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.signum is not None:
+            control.should_save = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.signum is not None:  # no epoch-end evaluation on the way out
+            control.should_evaluate = False
+
+    def on_train_end(self, args, state, control, **kwargs):
+        # After the Trainer has written the checkpoint (and CheckpointExtras its extras).
+        if self.signum is not None:
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            raise RunInterrupted(
+                f"stopped by {signal.Signals(self.signum).name} at step {state.global_step} of "
+                f"{state.max_steps}; checkpoint written to {folder}. Run the same command with "
+                "--resume to continue.", self.signum)

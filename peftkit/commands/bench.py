@@ -1,0 +1,86 @@
+"""`peftkit bench`: run a suite of recipe variants, then table + Pareto plot; or compare two results.
+
+Imports click only at module level: the work is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from peftkit.cli import friendly_errors
+
+
+@click.command()
+@click.argument("suite", required=False, type=click.Path(dir_okay=False))
+@click.argument("overrides", nargs=-1)
+@click.option("--out", type=click.Path(file_okay=False),
+              help="results folder (default: bench/<suite name>)")
+@click.option("--force", is_flag=True, help="rerun variants that already finished in --out")
+@click.option("--dry-run", is_flag=True, help="list the variants and their settings; run nothing")
+@click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="DIR_A DIR_B",
+              help="show per-variant differences between two bench folders, then exit")
+@friendly_errors
+def bench(suite, overrides, out, force, dry_run, compare):
+    """Run SUITE's variants (default: the built-in quick suite), then write results.json/.csv/.md
+    and pareto.png. OVERRIDES (dotted key=value) apply to every variant.
+
+    \b
+    peftkit bench                                   # quick suite, demo data, every strategy
+    PEFTKIT_DATA_DIR=../shared/data peftkit bench benchmarks/conll2003.yaml
+    peftkit bench benchmarks/sst2.yaml data.max_train_samples=500 --out bench/sst2-small
+    peftkit bench --compare bench/quick bench/quick-8bit
+
+    Finished variants are skipped on a rerun (--force reruns them); a failing variant is
+    recorded with its error and the others still run.
+    """
+    if compare:
+        from peftkit.bench.compare import compare_dirs
+
+        if suite or overrides:
+            raise click.UsageError("--compare takes two bench folders and no suite or overrides")
+        click.echo(compare_dirs(*compare))
+        return
+    if suite and "=" in suite and not Path(suite).exists():  # `peftkit bench train.epochs=2`
+        suite, overrides = None, (suite, *overrides)
+
+    from peftkit.bench.suite import load_suite
+
+    parsed = load_suite(suite, list(overrides))
+    if dry_run:
+        click.echo(describe(parsed))
+        return
+    out = Path(out or Path("bench") / parsed.name)
+    click.echo(f"bench {parsed.name}: {len(parsed.variants)} variants from {parsed.source} -> {out}")
+
+    from peftkit.bench.report import format_table, summarize
+    from peftkit.bench.runner import run_suite
+
+    try:
+        records = run_suite(parsed, out, force=force)
+    except KeyboardInterrupt:
+        click.secho(f"\ninterrupted: {out}/results.* describe the variants that finished; rerun "
+                    "the same command to run the rest", fg="yellow", err=True)
+        sys.exit(130)
+    click.echo("\n" + format_table(summarize(records)))
+    click.echo(f"\n{out}/results.md, results.csv, results.json, pareto.png; runs in {out}/runs/")
+    failed = sum(r["status"] == "failed" for r in records)
+    if failed:
+        click.secho(f"{failed} of {len(parsed.variants)} runs failed (errors in results.md and "
+                    f"{out}/runs/<variant>/error.json)", fg="red", err=True)
+        sys.exit(1)
+
+
+def describe(suite) -> str:
+    """One line a variant: what it trains, with which rate, from which recipe, and its overrides."""
+    lines = [f"suite {suite.name} ({suite.source}): {len(suite.variants)} variants"]
+    width = max(len(v.name) for v in suite.variants)
+    for variant in suite.variants:
+        r = variant.recipe
+        source = Path(r.source).name if r.source and r.source != suite.source else "inline base"
+        settings = " ".join(f"{k}={value}" for k, value in variant.overrides.items())
+        lines.append(f"  {variant.name:<{width}}  {r.strategy_name} lr={r.train.learning_rate:g} "
+                     f"seed={r.train.seed} [{source}] {settings}")
+    return "\n".join(lines)

@@ -1,0 +1,25 @@
+"""`peftkit export`: write a run's adapter alone (peft format where peft owns the method).
+click only at import time."""
+
+from __future__ import annotations
+
+import click
+
+from peftkit.cli import friendly_errors
+
+
+@click.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
+@friendly_errors
+def export(run_dir, out, overwrite):
+    """Write the adapter of RUN_DIR alone to --out, with a model card.
+
+    peft methods (lora, dora, adalora, ia3, prompt) load with PeftModel.from_pretrained; adapter and
+    prefix runs use peftkit's own format. `peftkit predict` and `peftkit eval` accept the folder.
+    """
+    from peftkit.export import export_adapter
+
+    folder = export_adapter(run_dir, out, overwrite=overwrite)
+    click.echo(f"adapter written to {folder} (see its README.md for how to load it)")

@@ -1,0 +1,52 @@
+"""`peftkit merge`: fold a run's adapter (or a weighted combination of several runs' adapters)
+into the base and save a plain Hugging Face model folder. click only at import time."""
+
+from __future__ import annotations
+
+import click
+
+from peftkit.cli import friendly_errors
+
+METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
+           "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"]
+
+
+@click.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="dtype of the saved weights")
+@click.option("--weights", help="several runs: comma-separated weights, one per run (default: equal)")
+@click.option("--method", type=click.Choice(METHODS), default="linear", show_default=True,
+              help="several runs: peft's combination_type. linear mixes the A and B matrices "
+                   "(a cheap approximation); cat and svd combine the exact weighted deltas")
+@click.option("--density", type=click.FloatRange(0, 1), help="ties / dare / magnitude_prune: share kept")
+@click.option("--svd-rank", type=click.IntRange(1), help="svd methods: rank of the result")
+@click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
+@friendly_errors
+def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite):
+    """Merge RUNS (run folders) into one plain Hugging Face model folder at --out.
+
+    One run: its LoRA / DoRA / AdaLoRA / IA3 adapter is folded into the base (reloaded in full
+    precision); a full fine-tune is saved as it is. Several runs on the same base and task:
+    their adapters are combined with --weights and --method through peft, then folded in.
+    """
+    from peftkit.export import merge_run, merge_weighted
+
+    if len(runs) == 1 and weights is None:
+        folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite)
+    else:
+        folder = merge_weighted(runs, parse_weights(weights), out, method=method, dtype=dtype,
+                                overwrite=overwrite, density=density, svd_rank=svd_rank)
+    click.echo(f"merged model written to {folder}")
+    click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
+
+
+def parse_weights(text: str | None) -> list[float] | None:
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected numbers separated by commas, e.g. 0.7,0.3",
+                                 param_hint="--weights") from None

@@ -1,0 +1,179 @@
+"""Running under torchrun / accelerate launch: one writer for the run folder, and `--nproc`.
+
+peftkit never implements its own distribution. The Trainer (through accelerate) wraps the model in
+DDP, or FSDP / DeepSpeed from an accelerate config, shards the training batches and gathers the
+evaluation outputs (dropping the samples repeated to even out the last batch). What is left here
+is keeping the run folder single-writer:
+
+    every rank                                   rank 0 (main)
+    ─────────────────────────────────────        ──────────────────────────────────────────
+    init(): process group up before the Trainer
+    main_first(prepare) · · · waits · · ·  ───▶  check / create / clean the run folder,
+          ◀─── state + checkpoint (or the error) choose the checkpoint to resume
+    data, model, strategy                        recipe.yaml
+    Trainer: train + evaluate (collectives)      metrics.jsonl, checkpoints (the Trainer's rank 0)
+    barrier() · · · waits · · · · · · · · · ◀──  adapter/, labels.json, result.json
+    return                                       print the summary
+
+Reads the launcher's environment (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE), so it is torch-free at
+import time: the CLI uses it for `--nproc`.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+DDP_TIMEOUT = timedelta(seconds=1800)  # TrainingArguments.ddp_timeout's default
+
+
+def world_size() -> int:
+    """Processes of a torchrun / accelerate launch (1 when not launched)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main() -> bool:
+    """The process that writes the run folder and prints (the Trainer's is_world_process_zero)."""
+    return rank() == 0
+
+
+def local_world_size() -> int:
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+
+def _ready() -> bool:
+    if world_size() < 2:
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
+def init() -> None:
+    """Start the process group now, as the Trainer would later (accelerate's PartialState: gloo on
+    CPU, NCCL on GPUs, DeepSpeed's when accelerate launch says so), so the ranks can coordinate
+    before the Trainer exists. The Trainer then finds it initialised and uses it."""
+    if world_size() < 2:
+        return
+    import torch
+    from accelerate import PartialState
+
+    PartialState(cpu=not torch.cuda.is_available(), timeout=DDP_TIMEOUT)
+    if not is_main():  # one progress display, not one per process
+        import datasets
+
+        datasets.disable_progress_bars()
+
+
+def main_first(fn):
+    """fn() on the main process only; every rank returns its value, or raises its error (on the
+    other ranks marked `relayed`, so the CLI prints it once)."""
+    if not _ready():
+        return fn()
+    import torch.distributed as dist
+
+    box = [None]
+    if is_main():
+        try:
+            box[0] = ("ok", fn())
+        except Exception as exc:  # noqa: BLE001 - every rank must learn of it, or they hang
+            box[0] = ("error", exc if picklable(exc) else RuntimeError(f"{type(exc).__name__}: {exc}"))
+            dist.broadcast_object_list(box, src=0)
+            raise
+    dist.broadcast_object_list(box, src=0)
+    kind, value = box[0]
+    if kind == "error":
+        value.relayed = True
+        raise value
+    return value
+
+
+def picklable(obj) -> bool:
+    try:
+        pickle.dumps(obj)
+    except Exception:  # noqa: BLE001 - any failure means "send a plain copy instead"
+        return False
+    return True
+
+
+def barrier() -> None:
+    """Wait for every rank (here: until the main process has finished writing the run folder)."""
+    if _ready():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def all_sum(values: list[float]) -> list[float]:
+    """Element-wise sum over the ranks (token counts of each rank's share of the batches)."""
+    if not _ready():
+        return list(values)
+    import torch
+    import torch.distributed as dist
+
+    device = (torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl"
+              else torch.device("cpu"))  # NCCL reduces CUDA tensors only
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
+# ---------------------------------------------------------------- `peftkit run --nproc N`
+
+def launch_command(nproc: int, args: list[str]) -> list[str]:
+    """torch's own launcher (torchrun) on this machine. --standalone picks a free port, so two runs
+    (or a run and a test) on one machine do not collide on 29500."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "peftkit", *args]
+
+
+def launch_env(nproc: int) -> dict:
+    """torchrun sets OMP_NUM_THREADS=1 for every worker when it is unset; on CPU the cores are the
+    workers' to share, so give each its part instead (the user's own setting wins)."""
+    env = dict(os.environ)
+    if "OMP_NUM_THREADS" not in env:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
+    return env
+
+
+def launch(nproc: int, args: list[str]) -> int:
+    """Run `peftkit ARGS` in `nproc` processes; returns the launcher's exit code.
+
+    Ctrl-C in a terminal reaches the launcher and its workers directly (one process group), so
+    this process only waits; a SIGTERM sent to it alone is passed on to the launcher."""
+    proc = subprocess.Popen(launch_command(nproc, args), env=launch_env(nproc))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
+    try:
+        return proc.wait()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool, resume: bool) -> int:
+    """`peftkit run ... --nproc N`: the same command, without --nproc, in N processes."""
+    from pathlib import Path
+
+    from peftkit import rundir
+    from peftkit.errors import UsageError
+
+    if world_size() > 1:
+        raise UsageError("--nproc starts its own processes; under torchrun or accelerate launch, "
+                         "leave it out (the launcher's --nproc-per-node / --num_processes decides)")
+    # The folder rules here first: a refusal (finished run, foreign folder) reads as one line, not
+    # through the launcher's report. They are idempotent: the main process applies them again.
+    rundir.prepare(Path(out or rundir.default_run_dir(parsed)), overwrite, resume)
+    args = ["run", str(recipe), *overrides, *(["--out", str(out)] if out else []),
+            *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else [])]
+    return launch(nproc, args)

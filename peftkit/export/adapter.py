@@ -1,0 +1,46 @@
+"""`peftkit export`: the adapter alone, in the format its ecosystem loads.
+
+    out/
+      adapter_config.json + adapter_model.safetensors   peft methods: PeftModel.from_pretrained(base, out)
+      peftkit_adapter.json + adapter_model.safetensors  peftkit's own (adapter, prefix): see
+                                                        peftkit.strategies.base.save_trainable
+      config.json + model.safetensors                   full fine-tune: the whole model
+      tokenizer files, README.md (model card)
+      recipe.yaml, labels.json, result.json, peftkit.json   so peftkit predict / eval / load_run use it
+
+Works for every strategy, including those that cannot be merged; nothing is loaded or converted,
+the run's saved files are copied.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from peftkit.export.card import model_card
+from peftkit.export.folder import check_out, staged, write_meta
+from peftkit.export.merge import RunInfo, base_label
+
+RUN_FILES = ("recipe.yaml", "labels.json", "result.json")
+
+
+def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
+    from peftkit.rundir import weights_dir
+
+    run = RunInfo(Path(run_dir))
+    folder = weights_dir(run.dir)
+    out = check_out(Path(out), overwrite, [run.dir])
+    recipe, base = run.recipe, base_label(run.recipe)
+    with staged(out) as tmp:
+        shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        for name in RUN_FILES:
+            if (run.dir / name).is_file():
+                shutil.copy2(run.dir / name, tmp / name)
+        sources = [{"run": str(run.dir), "weight": 1.0}]
+        card = model_card("adapter", out, recipe, run.labels, [run.result], base, sources)
+        (tmp / "README.md").write_text(card, encoding="utf-8")   # replaces peft's empty template
+        write_meta(tmp, {"kind": "adapter", "task": recipe.task, "labels": run.labels,
+                         "strategy": recipe.strategy_name, "base_model": base,
+                         "sources": sources, "recipe": recipe.to_dict(),
+                         "metrics": (run.result or {}).get("test")})
+    return out

@@ -1,0 +1,151 @@
+"""Model cards (README.md) for merged and exported folders: where the model came from, how it was
+trained, what it scored, and how to load it — with the Hub's YAML front matter."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import yaml
+
+PIPELINE_TAG = {"token-classification": "token-classification",
+                "sequence-classification": "text-classification", "causal-lm": "text-generation"}
+AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
+              "sequence-classification": "AutoModelForSequenceClassification",
+              "causal-lm": "AutoModelForCausalLM"}
+
+
+def model_card(kind: str, out, recipe, labels, results: list[dict | None], base_label: str,
+               sources: list[dict], extra: dict | None = None) -> str:
+    """kind: merged | adapter. `results` holds each source run's result.json (or None)."""
+    whole = kind == "merged" or recipe.strategy_name == "full"
+    library = "transformers" if whole else "peft" if peft_owned(recipe) else "peftkit"
+    front = {"library_name": library,
+             "pipeline_tag": PIPELINE_TAG.get(recipe.task, recipe.task),
+             "tags": ["peftkit", recipe.strategy_name, kind]}
+    parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n",
+             f"# {out.name}\n",
+             intro(kind, recipe, base_label, sources),
+             training_table(recipe, base_label, labels, sources, extra or {}),
+             metrics_section(recipe, results, kind),
+             how_to_load(kind, out, recipe),
+             "## Recipe\n\nThe resolved recipe of the run"
+             + (" (first source run)" if len(sources) > 1 else "") + ":\n\n```yaml\n"
+             + yaml.safe_dump(recipe.to_dict(), sort_keys=False) + "```\n"]
+    return "\n".join(parts)
+
+
+def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
+    if kind == "adapter" and recipe.strategy_name == "full":
+        return f"The fully fine-tuned model of a peftkit run on `{base_label}` (a whole model).\n"
+    if kind == "adapter":
+        return (f"The {recipe.strategy_name} adapter of a peftkit run on `{base_label}`, without the "
+                "base weights.\n")
+    if len(sources) > 1:
+        runs = ", ".join(f"`{s['run']}` × {s['weight']:g}" for s in sources)
+        return (f"A plain Hugging Face model: `{base_label}` with the {recipe.strategy_name} adapters "
+                f"of several runs combined by peft's `add_weighted_adapter` ({runs}) and merged into "
+                "its weights. Loading it needs neither peft nor peftkit.\n")
+    how = "fully fine-tuned" if recipe.strategy_name == "full" else \
+        f"with its {recipe.strategy_name} adapter merged into the weights"
+    return f"A plain Hugging Face model: `{base_label}` {how}. Loading it needs neither peft nor peftkit.\n"
+
+
+def training_table(recipe, base_label, labels, sources, extra: dict) -> str:
+    settings = ", ".join(f"{k}={v}" for k, v in dataclasses.asdict(recipe.strategy).items()
+                         if v not in (None, [], {}))
+    t = recipe.train
+    rows = [("base model", f"`{base_label}`"
+             + (f" (trained on a {recipe.model.quantization} base)"
+                if recipe.model.quantization != "none" else "")),
+            ("task", recipe.task),
+            ("strategy", f"{recipe.strategy_name} ({settings})" if settings else recipe.strategy_name),
+            ("data", f"`{recipe.data.name}` (train split `{recipe.data.train_split}`, "
+                     f"max_length {recipe.data.max_length})"),
+            ("training", f"{t.epochs:g} epochs" + (f" / max {t.max_steps} steps" if t.max_steps else "")
+             + f", batch {t.batch_size}, learning rate {t.learning_rate:g}, seed {t.seed}"),
+            ("source run" + ("s" if len(sources) > 1 else ""),
+             ", ".join(f"`{s['run']}`" for s in sources))]
+    if labels:
+        rows.append(("labels", ", ".join(f"`{x}`" for x in labels)))
+    rows += [(k, str(v)) for k, v in extra.items()]
+    return "## Training\n\n| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
+
+
+def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
+    if len(results) > 1:
+        lines = ["## Metrics\n",
+                 "This weighted combination has not been evaluated; the source runs scored:\n"]
+        for r in results:
+            if r:
+                lines.append(f"- `{r.get('run_dir')}`: test {r['metric']} {fmt(r['test'].get(r['metric']))}")
+        lines.append("\nEvaluate the combination with `peftkit eval THIS_FOLDER --data NAME_OR_PATH`.\n")
+        return "\n".join(lines)
+    result = results[0]
+    if not result:
+        return "## Metrics\n\nThe run folder holds no result.json.\n"
+    test = result.get("test", {})
+    skip = ("runtime", "per_second", "epoch")
+    rows = "".join(f"| {k} | {fmt(v)} |\n" for k, v in test.items()
+                   if isinstance(v, (int, float)) and not k.endswith(skip))
+    split = recipe.data.test_split or recipe.data.eval_split
+    note = ("" if kind == "adapter" or recipe.strategy_name == "full" else
+            "\nMeasured on the run's unmerged model; the merged weights compute the same function "
+            "(up to float rounding, and the output dtype).\n")
+    return (f"## Metrics\n\nSplit `{split}` of `{recipe.data.name}`"
+            f" ({result.get('examples', {}).get('test', '?')} examples), "
+            f"main metric **{result['metric']} = {fmt(test.get(result['metric']))}**, evaluated in "
+            f"{result.get('precision', '?')}" + (" (bf16 autocast: an fp32 evaluation may differ in the "
+            "last digits)" if result.get("precision") == "bf16" else "") + ".\n\n"
+            f"| metric | value |\n|---|---|\n{rows}{note}")
+
+
+def how_to_load(kind: str, out, recipe) -> str:
+    auto = AUTO_CLASS.get(recipe.task, "AutoModel")
+    if kind == "merged" or recipe.strategy_name == "full":  # a full fine-tune is a whole model
+        use = ("inputs = tokenizer(\"Hello\", return_tensors=\"pt\")\n"
+               "print(tokenizer.decode(model.generate(**inputs)[0]))" if recipe.task == "causal-lm"
+               else "logits = model(**tokenizer(\"Some text\", return_tensors=\"pt\")).logits")
+        return ("## How to load\n\n```python\n"
+                f"from transformers import {auto}, AutoTokenizer\n\n"
+                f"model = {auto}.from_pretrained(\"{out}\")\n"
+                f"tokenizer = AutoTokenizer.from_pretrained(\"{out}\")\n{use}\n```\n\n"
+                f"or with peftkit: `peftkit predict {out} \"Some text\"`.\n")
+    head = ("labels = json.load(open(\"" + str(out / "labels.json") + "\"))\n" if recipe.task != "causal-lm"
+            else "")
+    head_args = (", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), "
+                 "label2id={name: i for i, name in enumerate(labels)}" if head else "")
+    with_peft = ("Load the base with the task head, then the adapter:\n\n```python\n"
+                 f"import json\nfrom transformers import {auto}\nfrom peft import PeftModel\n\n{head}"
+                 f"base = {auto}.from_pretrained({base_args(recipe)}{head_args})\n"
+                 f"model = PeftModel.from_pretrained(base, \"{out}\")\n```\n\n")
+    own = ("The weights are in peftkit's own adapter format (peft has no such method): "
+           "`adapter_model.safetensors` holds the trained tensors by parameter name and "
+           "`peftkit_adapter.json` the settings; peftkit rebuilds the modules and loads them.\n\n")
+    return ("## How to load\n\n" + (with_peft if peft_owned(recipe) else own)
+            + f"With peftkit: `peftkit predict {out} \"Some text\"`, `peftkit eval {out} --data ...`, "
+            f"or `peftkit.rundir.load_run(\"{out}\")` in Python.\n")
+
+
+def base_args(recipe) -> str:
+    """from_pretrained arguments that load this run's base (a packaged alias: its install path)."""
+    from peftkit.errors import PeftkitError
+    from peftkit.models import source_of
+
+    try:
+        source = source_of(recipe)
+    except PeftkitError:
+        return repr(recipe.model.name)
+    return repr(source.path) + (f", gguf_file={source.gguf_file!r}" if source.gguf_file else "")
+
+
+def peft_owned(recipe) -> bool:
+    """Saved in peft's format (PeftModel.from_pretrained loads it)?"""
+    from peftkit.strategies import get_strategy
+
+    return bool(getattr(get_strategy(recipe.strategy_name), "peft_format", False))
+
+
+def fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)

@@ -1,0 +1,81 @@
+"""Output folders of merge and export: checked before any work, written whole or not at all.
+
+`peftkit.json` beside the weights says what the folder is, so that `peftkit predict` and
+`peftkit eval` can use it without the run folder it came from:
+
+    {"format": "peftkit", "kind": "merged" | "adapter", "task": ..., "labels": [...],
+     "strategy": ..., "recipe": {...the run's resolved recipe...}, "sources": [...], ...}
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from peftkit.errors import PeftkitError, UsageError
+
+META = "peftkit.json"
+
+
+def check_out(out: Path, overwrite: bool, sources: list[Path]) -> Path:
+    """Refuse a non-empty --out without --overwrite, and never let --out swallow a source run."""
+    out = Path(os.path.expanduser(out)).resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder")
+    for src in sources:
+        src = Path(src).resolve()
+        if out == src or out in src.parents:
+            raise UsageError(f"--out {out} would replace the run folder {src}; choose another folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out} is not empty; pass --overwrite to replace it or choose "
+                         "another folder")
+    return out
+
+
+@contextlib.contextmanager
+def staged(out: Path):
+    """Yield a temporary sibling of `out`; on success it replaces `out` in two renames.
+
+    A crash leaves either the old folder or the new one under `out` (plus a hidden leftover),
+    never a half-written model.
+    """
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+    except OSError as exc:
+        raise PeftkitError(f"cannot create {tmp}: {exc.strerror}") from None
+    try:
+        yield tmp
+        publish(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: Path, out: Path) -> None:
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    try:
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise PeftkitError(f"cannot move the result into {out}: {exc.strerror}") from None
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def write_meta(folder: Path, meta: dict) -> None:
+    (folder / META).write_text(json.dumps({"format": "peftkit", **meta}, indent=2) + "\n",
+                               encoding="utf-8")
+
+
+def read_meta(folder: Path) -> dict | None:
+    path = Path(folder) / META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc}); re-run peftkit merge / export") from None

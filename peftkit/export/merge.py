@@ -1,0 +1,261 @@
+"""Fold adapters into the base weights and save a plain Hugging Face model.
+
+    merge_run:      run ──load_run(quantization="none")──▶ strategy.merge ──▶ save_merged
+    merge_weighted: runs ─▶ one full-precision base + each run's adapter ─▶ peft add_weighted_adapter
+                    ─▶ merge_and_unload ─▶ task heads combined with the same weights ─▶ save_merged
+
+The base is always reloaded in full precision (an 8-bit run's too): merging into int8 weights
+would round the delta away. Each call rebuilds the model from the run folder, so repeating a
+merge gives the same folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from peftkit.errors import PeftkitError, UsageError
+from peftkit.export.card import model_card
+from peftkit.export.folder import check_out, staged, write_meta
+
+DTYPES = ("float32", "bfloat16", "float16")
+# Why a strategy's result cannot be folded into the base weights.
+NOT_A_DELTA = {
+    "adapter": "bottleneck adapters add a non-linear module (down-projection, activation, "
+               "up-projection) after each adapted layer, which no weight delta can express",
+    "prefix": "prefixes are extra keys and values every attention layer attends to, not a weight delta",
+    "prompt": "a soft prompt is extra input embeddings in front of every input, not a weight delta",
+}
+# Strategies peft can combine with add_weighted_adapter, and the methods it has for each.
+LORA_METHODS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
+                "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
+WEIGHTED = {"lora": LORA_METHODS, "ia3": ("linear",)}
+NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
+
+
+# ---------------------------------------------------------------- one run
+
+def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False) -> Path:
+    """Merge one run's adapter into its base (a full fine-tune is saved as it is)."""
+    from peftkit.rundir import load_run
+    from peftkit.strategies import get_strategy
+
+    run = RunInfo(Path(run_dir))
+    check_mergeable(run)
+    check_dtype(dtype)
+    out = check_out(Path(out), overwrite, [run.dir])
+    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none")
+    merged = get_strategy(recipe.strategy_name).merge(model)
+    sources = [{"run": str(run.dir), "weight": 1.0}]
+    save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result])
+    return out
+
+
+def check_mergeable(run: "RunInfo") -> None:
+    from peftkit.strategies import get_strategy
+
+    name = run.recipe.strategy_name
+    strategy = get_strategy(name)
+    if strategy.can_merge or name == "full":
+        return
+    why = NOT_A_DELTA.get(name, "its result is not a weight delta")
+    raise PeftkitError(f"{run.dir}: a {name} run cannot be merged into the base weights: {why}. "
+                       "`peftkit merge` folds weight deltas only (lora, dora, adalora, ia3). Write the "
+                       f"adapter-only format instead: peftkit export {run.dir} --out DIR "
+                       "(peftkit predict / eval load it).")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+
+
+# ---------------------------------------------------------------- several runs
+
+def merge_weighted(run_dirs, weights: list[float] | None, out, method: str = "linear",
+                   dtype: str = "float32", overwrite: bool = False, density: float | None = None,
+                   svd_rank: int | None = None) -> Path:
+    """Combine the adapters of runs on one base with peft's add_weighted_adapter, then merge.
+
+    Task heads (peft's modules_to_save: every run trains its own) are combined as sum(w_i * head_i),
+    and so is any other non-adapter tensor a run saved (trained biases).
+    """
+    runs = [RunInfo(Path(d)) for d in run_dirs]
+    weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
+    check_weighted(runs, weights, method, density)
+    check_dtype(dtype)
+    out = check_out(Path(out), overwrite, [r.dir for r in runs])
+    model, tokenizer, recipe, labels = combined_model(runs, weights, method, density, svd_rank)
+    sources = [{"run": str(r.dir), "weight": w} for r, w in zip(runs, weights)]
+    save_merged(model, tokenizer, out, recipe, labels, dtype, sources, [r.result for r in runs],
+                method=method)
+    return out
+
+
+def check_weighted(runs: list["RunInfo"], weights: list[float], method: str, density) -> None:
+    if len(weights) != len(runs):
+        raise UsageError(f"--weights has {len(weights)} values for {len(runs)} runs; give one per run")
+    first = runs[0]
+    for run in runs[1:]:
+        for what, a, b in (("task", first.recipe.task, run.recipe.task),
+                           ("base model", first.base_key, run.base_key),
+                           ("labels", first.labels, run.labels),
+                           ("strategy", first.recipe.strategy_name, run.recipe.strategy_name)):
+            if a != b:
+                raise UsageError(f"cannot combine {first.dir} and {run.dir}: they differ in {what} "
+                                 f"({a} vs {b}). A weighted merge adds adapters trained for the same "
+                                 "task on the same base model; merge each run on its own instead.")
+    name = first.recipe.strategy_name
+    if name not in WEIGHTED:
+        detail = ("peft has no weighted combination of AdaLoRA adapters" if name == "adalora"
+                  else f"{name} is not a LoRA-family weight delta")
+        raise UsageError(f"weighted merge of {name} runs: {detail}. Supported: "
+                         f"{', '.join(WEIGHTED)}; merge a single run with `peftkit merge RUN --out DIR`.")
+    if any(getattr(r.recipe.strategy, "use_dora", False) for r in runs):
+        raise UsageError("weighted merge of DoRA runs: peft's add_weighted_adapter combines the A/B "
+                         "matrices but not DoRA's magnitude vectors, so the result would be wrong; "
+                         "merge each DoRA run on its own")
+    if method not in WEIGHTED[name]:
+        raise UsageError(f"--method {method}: {name} adapters combine with "
+                         f"{', '.join(WEIGHTED[name])} only")
+    if density is None and any(k in method for k in NEEDS_DENSITY):
+        raise UsageError(f"--method {method} prunes the deltas: give --density (share kept, 0..1)")
+
+
+def combined_model(runs, weights, method, density, svd_rank):
+    """A full-precision base with every run's adapter, combined by peft and merged."""
+    import torch
+    from peft import PeftConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
+
+    from peftkit.models import load_model, source_of
+    from peftkit.rundir import load_tokenizer_from, weights_dir
+    from peftkit.tasks import get_task
+
+    recipe = runs[0].load_recipe()
+    recipe.model.quantization = "none"
+    task = get_task(recipe.task)
+    model = load_model(source_of(recipe), recipe, task, runs[0].labels)
+    names = [f"run{i}" for i in range(len(runs))]
+    others: dict[str, torch.Tensor] = {}
+    for name, run, w in zip(names, runs, weights):
+        folder = weights_dir(run.dir)
+        cfg = PeftConfig.from_pretrained(str(folder))
+        # Heads are combined below: peft refuses weighted merges of adapters that each carry a
+        # modules_to_save copy, and a task-specific PeftModel would add the head back.
+        cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, None, True
+        if name == names[0]:
+            model = get_peft_model(model, cfg, adapter_name=name)
+        else:
+            model.add_adapter(name, cfg)
+        tensors = load_peft_weights(str(folder), device="cpu")
+        prefix = model.base_model.prefix            # "lora_" / "ia3_": the adapter's own tensors
+        adapter = {k: v for k, v in tensors.items() if prefix in k}
+        loaded = set_peft_model_state_dict(model, adapter, adapter_name=name)
+        if getattr(loaded, "unexpected_keys", None):
+            raise PeftkitError(f"{folder}: adapter tensors the model does not have: "
+                               f"{loaded.unexpected_keys[:3]}")
+        rest = {k: v for k, v in tensors.items() if prefix not in k}
+        if name != names[0] and rest.keys() != others.keys():
+            raise UsageError(f"cannot combine {runs[0].dir} and {run.dir}: they saved different "
+                             f"non-adapter tensors ({sorted(rest.keys() ^ others.keys())[:3]}); "
+                             "train them with the same strategy settings (bias, heads)")
+        for k, v in rest.items():
+            others[k] = others.get(k, 0) + w * v.float()
+    kwargs = {} if recipe.strategy_name == "ia3" else \
+        {"combination_type": method, "density": density, "svd_rank": svd_rank}
+    try:
+        model.add_weighted_adapter(names, list(weights), "combined", **kwargs)
+    except (ValueError, TypeError) as exc:
+        hint = " (--method cat or svd combine different ranks)" if "same r" in str(exc) else ""
+        raise UsageError(f"peft cannot combine these adapters with --method {method}: {exc}{hint}") \
+            from None
+    merged = model.merge_and_unload(adapter_names=["combined"])
+    load_others(merged, others)
+    return merged, load_tokenizer_from(weights_dir(runs[0].dir)), recipe, runs[0].labels
+
+
+def load_others(model, tensors: dict) -> None:
+    """Put the combined heads (saved as base_model.model.<name>) into the merged plain model."""
+    if not tensors:
+        return
+    state = {k.removeprefix("base_model.model."): v for k, v in tensors.items()}
+    own = model.state_dict()
+    unknown = [k for k in state if k not in own]
+    if unknown:
+        raise PeftkitError(f"saved tensors {unknown[:3]} have no place in the merged model")
+    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
+# ---------------------------------------------------------------- saving
+
+def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources: list[dict],
+                results: list, method: str | None = None) -> None:
+    """safetensors weights, config (id2label/label2id), tokenizer, generation config, card, meta."""
+    import torch
+
+    model = model.to(getattr(torch, dtype)).eval()
+    if labels is not None:  # load_model set these; say them again in case a strategy dropped them
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {name: i for i, name in enumerate(labels)}
+    if model.can_generate():
+        generation_defaults(model, tokenizer, recipe)
+    base = base_label(recipe)
+    extra = {"output dtype": dtype}
+    if method:
+        extra["combination"] = f"peft add_weighted_adapter, {method}"
+    with staged(out) as tmp:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        card = model_card("merged", out, recipe, labels, results, base, sources, extra)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
+        write_meta(tmp, {"kind": "merged", "task": recipe.task, "labels": labels,
+                         "strategy": recipe.strategy_name, "base_model": base, "dtype": dtype,
+                         "method": method, "sources": sources, "recipe": recipe.to_dict(),
+                         "metrics": results[0].get("test") if len(results) == 1 and results[0] else None})
+
+
+def generation_defaults(model, tokenizer, recipe) -> None:
+    """Generate as the run evaluated: same token budget and beams, a pad token set."""
+    gen = model.generation_config
+    gen.max_new_tokens = recipe.eval.max_new_tokens
+    gen.num_beams = recipe.eval.num_beams
+    if gen.pad_token_id is None and tokenizer.pad_token_id is not None:
+        gen.pad_token_id = tokenizer.pad_token_id
+
+
+def base_label(recipe) -> str:
+    """The base as result.json names it (a packaged alias rather than its install path)."""
+    from peftkit.models import source_of
+
+    try:
+        return source_of(recipe).label
+    except PeftkitError:
+        return recipe.model.name
+
+
+# ---------------------------------------------------------------- reading a run cheaply
+
+class RunInfo:
+    """What a run folder says about itself, read without loading any model."""
+
+    def __init__(self, run_dir: Path):
+        from peftkit import rundir
+
+        self.dir = run_dir.resolve()
+        if not (self.dir / rundir.RECIPE).is_file():
+            raise UsageError(f"{run_dir} is not a peftkit run folder (no {rundir.RECIPE}); "
+                             "give the folder `peftkit run` wrote")
+        self.recipe = self.load_recipe()
+        labels = self.dir / rundir.LABELS
+        self.labels = json.loads(labels.read_text()) if labels.is_file() else None
+        result = self.dir / rundir.RESULT
+        self.result = json.loads(result.read_text()) if result.is_file() else None
+        m = self.recipe.model
+        self.base_key = f"{m.name}" + (f" ({m.gguf_file})" if m.gguf_file else "") \
+            + (f" @ {m.revision}" if m.revision else "")
+
+    def load_recipe(self):
+        from peftkit import rundir
+        from peftkit.recipe import build_recipe, read_yaml
+
+        return build_recipe(read_yaml(str(self.dir / rundir.RECIPE)), source=None, check_paths=False)

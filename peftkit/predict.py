@@ -1,0 +1,145 @@
+"""Use a trained model from its folder: predict on texts, evaluate on a data set.
+
+    run folder (peftkit run)  ──rundir.load_run──┐
+    export folder (peftkit export) ──load_run────┼─▶ Loaded(model, tokenizer, recipe, labels, task)
+    merged folder (peftkit merge) ──Auto*.from_pretrained + peftkit.json──┘
+        ─▶ task.predict(texts)                        JSON records (entities / label / generation)
+        ─▶ data readers + task.encode + the pipeline's Trainer ─▶ task.evaluate   same metrics as the run
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peftkit.errors import DataError, UsageError
+
+
+@dataclass
+class Loaded:
+    model: Any
+    tokenizer: Any
+    recipe: Any
+    labels: list[str] | None
+    task: Any
+    kind: str            # run | adapter | merged
+
+
+def read_folder(path) -> tuple[str, object]:
+    """(kind, recipe) of a run / export / merged folder, read without loading a model."""
+    from peftkit import rundir
+    from peftkit.export.folder import read_meta
+    from peftkit.recipe import build_recipe, read_yaml
+
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"{path} is not a folder; give a run folder (peftkit run) or a merged "
+                         "model folder (peftkit merge)")
+    meta = read_meta(path)
+    if (path / rundir.RECIPE).is_file():
+        recipe = build_recipe(read_yaml(str(path / rundir.RECIPE)), source=None, check_paths=False)
+        return ("adapter" if meta else "run"), recipe
+    if meta and meta.get("kind") == "merged":
+        raw = copy.deepcopy(meta["recipe"])  # the model is now this folder, in full precision
+        raw["model"].update(name=str(path.resolve()), gguf_file=None, revision=None,
+                            quantization="none")
+        return "merged", build_recipe(raw, source=None, check_paths=False)
+    hint = (" It looks like a Hugging Face model folder, but without peftkit.json nothing says its "
+            "task; load it with transformers directly." if (path / "config.json").is_file() else "")
+    raise UsageError(f"{path} is neither a peftkit run folder (recipe.yaml) nor a merged model folder "
+                     f"(peftkit.json).{hint}")
+
+
+def load_for_inference(path) -> Loaded:
+    from peftkit import rundir
+
+    kind, recipe = read_folder(path)
+    if kind != "merged":
+        model, tokenizer, recipe, labels, task = rundir.load_run(path)
+        return Loaded(model, tokenizer, recipe, labels, task, kind)
+    return load_merged(Path(path), recipe)
+
+
+def load_merged(path: Path, recipe) -> Loaded:
+    """A merged folder loads with plain transformers; peftkit.json supplies the task and recipe."""
+    import transformers
+
+    from peftkit.export.folder import read_meta
+    from peftkit.rundir import load_tokenizer_from
+    from peftkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    model = getattr(transformers, task.auto_class).from_pretrained(str(path))
+    model.eval()
+    labels = read_meta(path).get("labels")
+    return Loaded(model, load_tokenizer_from(path), recipe, labels, task, "merged")
+
+
+def predict_texts(path, texts: list[str]) -> list[dict]:
+    loaded = load_for_inference(path)
+    return loaded.task.predict(loaded.model, loaded.tokenizer, list(texts), loaded.labels,
+                               loaded.recipe)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def evaluate_folder(path, data: str | None = None, split: str | None = None,
+                    max_samples: int | None = None, overrides: list[str] = ()) -> dict:
+    """Metrics of the model in `path` on one split, computed exactly as the run computed its own.
+
+    Defaults: the run's data set and test split, with the run's max_test_samples; with another
+    `data`, every example of the split unless `max_samples` says otherwise.
+    """
+    from peftkit.train import build_trainer, resolve_precision, set_threads
+
+    # the data settings are checked before any model is loaded
+    recipe = eval_recipe(read_folder(path)[1], data, split, max_samples, overrides)
+    loaded = load_for_inference(path)
+    set_threads(recipe)
+    encoded = encode_split(loaded, recipe)
+    test = encoded["test"]
+    precision = resolve_precision(recipe.train.precision, recipe.model.quantization != "none")
+    with tempfile.TemporaryDirectory(prefix="peftkit-eval-") as tmp:
+        trainer = build_trainer(recipe, loaded.model, loaded.tokenizer, loaded.task, encoded,
+                                loaded.labels, Path(tmp), precision, [])
+        metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test")
+    return {"folder": str(path), "data": recipe.data.name, "split": recipe.data.test_split,
+            "examples": len(test), "metric": recipe.eval.metric or loaded.task.default_metric,
+            "precision": precision, "test": {k.removeprefix("test_"): v for k, v in metrics.items()}}
+
+
+def encode_split(loaded: Loaded, recipe):
+    """The recipe's test split read and tokenized as in training (train / eval: one dummy row)."""
+    from datasets import DatasetDict
+
+    from peftkit.data.readers import load_raw
+
+    test = load_raw(recipe, loaded.task)["test"]
+    one = test.select(range(1))  # encode / Trainer want train and eval splits; they are not used
+    try:
+        encoded, _ = loaded.task.encode(DatasetDict(train=one, eval=one, test=test),
+                                        loaded.tokenizer, recipe, loaded.labels)
+    except (KeyError, IndexError) as exc:
+        raise DataError(f"data {recipe.data.name!r} split {recipe.data.test_split!r} has a label the "
+                        f"model was not trained on: {exc}; its labels are {loaded.labels}") from None
+    return encoded
+
+
+def eval_recipe(recipe, data=None, split=None, max_samples=None, overrides=()):
+    """The run's recipe pointed at one split; read as the run read its data (columns, max_length)."""
+    from peftkit.recipe import build_recipe
+
+    raw = recipe.to_dict()
+    d = raw["data"]
+    if data is not None:
+        d.update(name=data, data_dir=None, config=None, max_test_samples=None)
+    split = split or d["test_split"] or d["eval_split"]
+    # every role reads the one split, so a data set with only that split (or one file) works
+    d.update(train_split=split, eval_split=split, test_split=split, max_train_samples=None,
+             max_eval_samples=None)
+    if max_samples is not None:
+        d["max_test_samples"] = max_samples
+    return build_recipe(raw, list(overrides), source=None)

@@ -1,0 +1,110 @@
+r"""AdaLoRA (Zhang et al. 2023, arXiv:2303.10512) through peft: LoRA in SVD form whose ranks shrink.
+
+    x ──▶ W (frozen) ──────────────────────────────────┐
+      └─▶ dropout ─▶ A (r×d) ─▶ ⊙ E (r singular values) ─▶ B (d×r) ─▶ × alpha/r ─▶ + ─▶ y
+
+    budget (sum of kept ranks over all adapted matrices)
+      init_r·n ┤‾‾‾‾‾‾\                      cubic decay between tinit and total_step - tfinal;
+               │       ‾‾\_                  every deltaT steps the least important singular
+     target_r·n┤           ‾‾‾‾‾‾‾‾‾‾‾‾      values (|w·grad| smoothed, times its uncertainty)
+               └──tinit─────────tfinal──▶    are zeroed so that the kept total equals the budget
+
+The allocator needs the gradients of the step just taken, so `update_and_allocate` runs from the
+Trainer's `on_optimizer_step` event: after `optimizer.step()`, before `model.zero_grad()` (the
+order in transformers' Trainer inner loop, and the call site in peft's AdaLoRA docstring/example).
+"""
+
+from __future__ import annotations
+
+from peftkit.errors import PeftkitError
+from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
+
+
+def schedule_steps(value: float, total: int) -> int:
+    """tinit / tfinal: a value below 1 is a share of the run's steps, otherwise a step count."""
+    return int(round(value * total)) if value < 1 else int(round(value))
+
+
+class AdaLoraStrategy(PeftStrategy):
+    name = "adalora"
+    can_merge = True
+
+    def peft_config(self, model, cfg, ctx):
+        from peft import AdaLoraConfig
+
+        total = cfg.total_step or ctx.total_steps
+        if total < 2:
+            raise PeftkitError("adalora: the run has fewer than 2 optimizer steps, so there is no "
+                               "budget schedule; train longer or set strategy.total_step")
+        tinit, tfinal = schedule_steps(cfg.tinit, total), schedule_steps(cfg.tfinal, total)
+        if tinit + tfinal >= total:
+            raise PeftkitError(f"adalora: strategy.tinit ({tinit} steps) + strategy.tfinal ({tfinal} "
+                               f"steps) leave no budgeting phase in {total} steps; lower them (values "
+                               "below 1 are shares of the run, e.g. tinit: 0.1, tfinal: 0.4)")
+        return AdaLoraConfig(task_type=task_type(ctx), init_r=cfg.init_r, target_r=cfg.target_r,
+                             lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                             target_modules=target_modules(cfg.target_modules), tinit=tinit,
+                             tfinal=tfinal, deltaT=cfg.deltaT, beta1=cfg.beta1, beta2=cfg.beta2,
+                             orth_reg_weight=cfg.orth_reg_weight, total_step=total,
+                             modules_to_save=heads_to_save(model, ctx))
+
+    def callbacks(self, model, cfg, ctx) -> list:
+        return [budget_callback(model)]
+
+    def save(self, model, folder) -> None:
+        config = model.peft_config[model.active_adapter]
+        config.orth_reg_weight = model.__dict__.pop("_peftkit_orth_reg", config.orth_reg_weight)
+        super().save(model, folder)   # peft prunes the saved A/B/E to the kept ranks (rank_pattern)
+
+    def load(self, load_base, folder, cfg, ctx):
+        model = super().load(load_base, folder, cfg, ctx)
+        # peft reads trainable_adapter_name in every forward with labels, but sets it only when an
+        # adapter is trainable; an inference-only model needs no regulariser in its loss
+        model.base_model.trainable_adapter_name = model.active_adapter
+        model.peft_config[model.active_adapter].orth_reg_weight = 0.0
+        return model
+
+    def report(self, model) -> dict:
+        ranks = effective_ranks(model)
+        config = model.peft_config[model.active_adapter]
+        return {"adalora": {"init_r": config.init_r, "target_r": config.target_r,
+                            "total_step": config.total_step, "budget": sum(ranks.values()),
+                            "init_budget": config.init_r * len(ranks),
+                            "target_budget": config.target_r * len(ranks), "ranks": ranks}}
+
+
+def effective_ranks(model) -> dict[str, int]:
+    """Kept rank of every adapted matrix: the non-zero singular values E (pruned ones are zeroed)."""
+    name = model.active_adapter
+    return {n.replace(f".lora_E.{name}", "").removeprefix("base_model.model."):
+            int((p.detach() != 0).sum())
+            for n, p in model.named_parameters() if f"lora_E.{name}" in n}
+
+
+def budget_callback(model):
+    """A TrainerCallback that runs AdaLoRA's rank allocation after every optimizer step."""
+    from transformers import TrainerCallback
+
+    class AdaLoraBudget(TrainerCallback):
+        def __init__(self):
+            self.history: list[tuple[int, int, int]] = []  # (step, scheduled budget, kept ranks)
+
+        def on_optimizer_step(self, args, state, control, **kwargs):
+            # state.global_step is still the index of the step just taken (0-based), as in peft's
+            # example loop: optimizer.step(); update_and_allocate(global_step); zero_grad(); += 1
+            tuner = model.base_model
+            tuner.update_and_allocate(state.global_step)
+            budget, _ = tuner.rankallocator.budget_schedule(state.global_step)
+            self.history.append((state.global_step, budget, sum(effective_ranks(model).values())))
+
+        def on_train_end(self, args, state, control, **kwargs):
+            # the final evaluation reports the task's loss (perplexity!), not loss + regulariser;
+            # save() puts the recipe's weight back into the adapter config
+            config = model.peft_config[model.active_adapter]
+            model.__dict__["_peftkit_orth_reg"] = config.orth_reg_weight
+            config.orth_reg_weight = 0.0
+
+    return AdaLoraBudget()
+
+
+STRATEGY = AdaLoraStrategy()
