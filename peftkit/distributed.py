@@ -177,3 +177,30 @@ def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool,
     args = ["run", str(recipe), *overrides, *(["--out", str(out)] if out else []),
             *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else [])]
     return launch(nproc, args)
+
+
+def run_in_processes(recipe, run_dir, nproc: int) -> dict:
+    """pipeline.run_recipe(recipe, run_dir=run_dir, overwrite=True) in `nproc` processes (what
+    `peftkit bench --nproc N` does per variant): the resolved recipe travels as a YAML file, the
+    result comes back through the run folder's result.json."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    from peftkit.errors import PeftkitError
+    from peftkit.pipeline import absolute_paths
+
+    run_dir = Path(run_dir)
+    resolved = absolute_paths(recipe)  # local model / data paths no longer depend on the folder
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="peftkit-", delete=False) as f:
+        yaml.safe_dump(resolved.to_dict(), f, sort_keys=False)
+    try:
+        code = launch(nproc, ["run", f.name, "--out", str(run_dir), "--overwrite"])
+    finally:
+        os.unlink(f.name)
+    if code != 0:
+        raise PeftkitError(f"the {nproc}-process run exited with code {code}; its error is printed "
+                           "above")
+    return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))

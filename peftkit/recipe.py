@@ -272,6 +272,8 @@ def build_strategy(raw: Any, problems: list[str]):
 def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[str], default: Any):
     """Type-check and range-check one value; on a problem, record it and keep the default."""
     raw = value  # messages quote what the user wrote (-1, not -1.0)
+    if value is False and "no" in f.metadata.get("choices", ()):
+        value = "no"  # YAML 1.1 reads a bare `no` as false
     ok, value = coerce(value, tp)
     if not ok:
         problems.append(f"{path}: expected {describe(tp)}, got {short(value)} "

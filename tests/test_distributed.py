@@ -153,3 +153,33 @@ def test_every_trainable_parameter_gets_a_gradient_unless_the_strategy_says(sett
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused or strategy.ddp_find_unused_parameters, unused
     assert any(p.grad is not None and torch.count_nonzero(p.grad) for p in model.parameters())
+
+
+def test_bench_nproc_runs_each_variant_through_the_launcher(tiny_bert_dir, tmp_path, monkeypatch):
+    """`peftkit bench --nproc 2`: each variant is one `peftkit run --out FOLDER --overwrite` launch
+    of a resolved copy of its recipe; the result is read back from the run folder."""
+    import yaml
+
+    from peftkit import distributed
+    from peftkit.bench.runner import run_one
+    from peftkit.bench.suite import Variant
+    from peftkit.recipe import build_recipe
+
+    recipe = build_recipe(tiny_ner_recipe(tiny_bert_dir, tmp_path / "unused"), source=None)
+    calls = []
+
+    def fake_launch(nproc, args):
+        calls.append((nproc, args, yaml.safe_load(open(args[1]))))
+        folder = tmp_path / "runs" / "lora-r4"
+        folder.mkdir(parents=True)
+        (folder / "result.json").write_text(json.dumps({"metric": "f1", "test": {"f1": 0.5}}))
+        return 0
+
+    monkeypatch.setattr(distributed, "launch", fake_launch)
+    variant = Variant(name="lora-r4", group="lora-r4", seed=None, overrides={}, recipe=recipe)
+    assert run_one(variant, tmp_path / "runs" / "lora-r4", nproc=2) == "f1 0.5000"
+    (nproc, args, sent), = calls
+    assert nproc == 2 and args[0] == "run" and args[2:] == ["--out", str(tmp_path / "runs" / "lora-r4"),
+                                                           "--overwrite"]
+    assert sent["model"]["name"] == str(tiny_bert_dir) and sent["strategy"]["r"] == 4
+    assert not os.path.exists(args[1])  # the temporary recipe is gone

@@ -336,3 +336,21 @@ def test_adalora_ranks_shrink_on_the_budget_schedule(trained):
             assert kept == budget, (step, budget, kept)
         if step >= final:
             assert budget == report["target_budget"]
+
+
+@pytest.mark.parametrize("trained", CASES, ids=str, indirect=True)
+def test_merge_folds_the_trained_update_exactly_or_refuses_clearly(trained):
+    import copy
+
+    from peftkit.errors import PeftkitError
+
+    strategy = get_strategy(trained.case.strategy)
+    model = copy.deepcopy(trained.model)   # merging rewrites weights; keep the cached model intact
+    expected = outputs(model, trained.env.batch)
+    if not (strategy.can_merge or strategy.name == "full"):
+        with pytest.raises(PeftkitError, match="cannot be merged"):
+            strategy.merge(model)
+        return
+    merged = strategy.merge(model)
+    assert not [n for n, _ in merged.named_parameters() if re.search(r"lora_|ia3_l|modules_to_save", n)]
+    torch.testing.assert_close(outputs(merged, trained.env.batch), expected, atol=1e-4, rtol=1e-4)

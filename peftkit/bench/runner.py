@@ -25,7 +25,8 @@ from peftkit.bench.report import ERROR, VARIANT, duration, is_finished, run_dir,
 from peftkit.bench.suite import Suite, Variant
 
 
-def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo) -> list[dict]:
+def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo,
+              nproc: int = 1) -> list[dict]:
     """Run every unfinished variant; returns the result records (also written to `out`)."""
     out = Path(out)
     write_manifest(suite, out)
@@ -43,7 +44,7 @@ def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo) -> 
             echo(click.style(f"{head}: running · elapsed {duration(time.monotonic() - started)}"
                              f" · {eta(durations, left)}", bold=True))
             t0 = time.monotonic()
-            outcome = run_one(variant, run_dir(out, variant))
+            outcome = run_one(variant, run_dir(out, variant), nproc)
             durations.append(time.monotonic() - t0)
             echo(click.style(f"{head}: {outcome} ({duration(durations[-1])})",
                              fg="red" if outcome.startswith("FAILED") else "green", bold=True))
@@ -53,13 +54,18 @@ def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo) -> 
     return records
 
 
-def run_one(variant: Variant, folder: Path) -> str:
+def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
     """Train and evaluate one variant; a failure is written to error.json, never raised."""
     from peftkit import pipeline  # looked up at call time, so tests can count the calls
 
     reset_peak_memory()
     try:
-        result = pipeline.run_recipe(variant.recipe, run_dir=folder, overwrite=True)
+        if nproc > 1:  # its own launch of torch.distributed.run, as `peftkit run --nproc`
+            from peftkit.distributed import run_in_processes
+
+            result = run_in_processes(variant.recipe, folder, nproc)
+        else:
+            result = pipeline.run_recipe(variant.recipe, run_dir=folder, overwrite=True)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not stop the suite
         message = error_message(exc)
         folder.mkdir(parents=True, exist_ok=True)

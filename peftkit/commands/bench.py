@@ -20,10 +20,12 @@ from peftkit.cli import friendly_errors
               help="results folder (default: bench/<suite name>)")
 @click.option("--force", is_flag=True, help="rerun variants that already finished in --out")
 @click.option("--dry-run", is_flag=True, help="list the variants and their settings; run nothing")
+@click.option("--nproc", type=click.IntRange(1), default=1, show_default=True,
+              help="processes per variant (DDP via torch.distributed.run, as `peftkit run --nproc`)")
 @click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="DIR_A DIR_B",
               help="show per-variant differences between two bench folders, then exit")
 @friendly_errors
-def bench(suite, overrides, out, force, dry_run, compare):
+def bench(suite, overrides, out, force, dry_run, compare, nproc):
     """Run SUITE's variants (default: the built-in quick suite), then write results.json/.csv/.md
     and pareto.png. OVERRIDES (dotted key=value) apply to every variant.
 
@@ -59,7 +61,7 @@ def bench(suite, overrides, out, force, dry_run, compare):
     from peftkit.bench.runner import run_suite
 
     try:
-        records = run_suite(parsed, out, force=force)
+        records = run_suite(parsed, out, force=force, nproc=nproc)
     except KeyboardInterrupt:
         click.secho(f"\ninterrupted: {out}/results.* describe the variants that finished; rerun "
                     "the same command to run the rest", fg="yellow", err=True)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import random
 
-DEFAULT_SIZES = {"train": 400, "validation": 40, "test": 60}   # MRs; rows = 2 x MRs
+DEFAULT_SIZES = {"train": 300, "validation": 20, "test": 40}   # MRs; rows = 2 x MRs
 
 
 def _words(text: str) -> tuple[str, ...]:
