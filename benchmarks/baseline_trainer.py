@@ -1,7 +1,7 @@
 """The plain script a user writes without peftkit: transformers.Trainer + peft, as run_ner.py does.
 
     python benchmarks/baseline_trainer.py --model DIR --data ../shared/data/conll2003 --strategy lora
-    python benchmarks/baseline_trainer.py --task causal --model DIR --gguf-file F --data ../shared/data/e2e_nlg
+    python benchmarks/baseline_trainer.py --task causal --model DIR --gguf-file F --data E2E_DIR
 
 Self-contained on purpose (no peftkit import). NER: CoNLL reader, run_ner.py-style label alignment
 (first sub-token labelled, the rest -100), DataCollatorForTokenClassification. Causal LM: the chat
@@ -144,6 +144,9 @@ def build(a):
         test = encode_causal(read_e2e(data / "testset_w_refs.csv")[:a.test_samples], tokenizer,
                              a.max_length)
         model = AutoModelForCausalLM.from_pretrained(a.model, **gguf)
+        if getattr(model, "hf_quantizer", None) is not None:  # GGUF loads de-quantized to fp32, but
+            model.hf_quantizer.remove_quantization_config(model)  # Trainer refuses it otherwise
+            model.config._is_quantized = False
         return model, tokenizer, train, test, DataCollatorForSeq2Seq(tokenizer), None
     train = read_conll(data / "train.txt")[:a.train_samples]
     test = read_conll(data / "test.txt")[:a.test_samples]

@@ -204,3 +204,54 @@ def run_in_processes(recipe, run_dir, nproc: int) -> dict:
         raise PeftkitError(f"the {nproc}-process run exited with code {code}; its error is printed "
                            "above")
     return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- sharded engines (accelerate config)
+
+def sharded(trainer) -> bool:
+    """FSDP, or DeepSpeed ZeRO-3: each process holds only a shard of every weight. (DDP and
+    ZeRO-1/2 keep whole weights in every process.)"""
+    if getattr(trainer, "is_fsdp_enabled", False):
+        return True
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return getattr(trainer, "is_deepspeed_enabled", False) and getattr(plugin, "zero_stage", 0) == 3
+
+
+def check_engine(trainer, strategy) -> None:
+    """Before training: strategies saved in peftkit's own format read their parameters one by one,
+    which FSDP / ZeRO-3 have cut into shards; they are small, so DDP is the engine for them."""
+    from peftkit.errors import UsageError
+
+    if sharded(trainer) and not (strategy.peft_format or strategy.name == "full"):
+        raise UsageError(f"strategy {strategy.name!r} under FSDP / DeepSpeed ZeRO-3 is not "
+                         "supported: its adapter is saved from the unsharded parameters. Launch it "
+                         "with DDP (recipes/accelerate/ddp_gpu.yaml, or --nproc) or ZeRO-2")
+
+
+class _GatheredSave:
+    """strategy.save with the full state dict gathered from every process (peft's and
+    transformers' save_pretrained take it as `state_dict`)."""
+
+    def __init__(self, strategy, model, state_dict):
+        self.name, self.model, self.state_dict = strategy.name, model, state_dict
+
+    def save(self, model, folder) -> None:
+        self.model.save_pretrained(str(folder), state_dict=self.state_dict)
+
+
+def save_weights(trainer, run_dir, strategy, tokenizer, labels):
+    """adapter/ (or model/) written by the main process; returns its path there, None elsewhere.
+
+    Under FSDP / ZeRO-3 every process first takes part in gathering the full state dict (as the
+    Trainer's own save_model does: FSDP needs fsdp_state_dict_type FULL_STATE_DICT, ZeRO-3
+    stage3_gather_16bit_weights_on_model_save), then the main process writes it."""
+    from peftkit import rundir
+
+    if not sharded(trainer):
+        return rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels) if is_main() else None
+    engine = trainer.deepspeed if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
+    state_dict = trainer.accelerator.get_state_dict(engine)  # collective: every process
+    if not is_main():
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    return rundir.save_weights(run_dir, _GatheredSave(strategy, model, state_dict), model, tokenizer, labels)

@@ -65,6 +65,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
                             strategy.callbacks(model, recipe.strategy, ctx),
                             report_to=recipe.train.report_to,
                             find_unused_parameters=strategy.ddp_find_unused_parameters)
+    distributed.check_engine(trainer, strategy)  # FSDP / DeepSpeed from an accelerate config
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
     counter = TokenCounter(trainer.model)  # real vs padded tokens of the training batches
     start = time.perf_counter()
@@ -94,9 +95,10 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         "examples": {split: len(ds) for split, ds in encoded.items()}, **data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
+    saved = (distributed.save_weights(trainer, run_dir, strategy, tokenizer, labels)
+             if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers
     if trainer.is_world_process_zero():
-        if recipe.output.save_model:
-            saved = rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels)
+        if saved is not None:
             result["adapter_bytes"] = rundir.dir_size(saved)
         rundir.write_json(run_dir / rundir.RESULT, result)
     tracking.finish(tracker, recipe, result)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import atexit
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.distributed import is_main
@@ -44,7 +44,6 @@ class Tracking:
     tensorboard: object = None       # the Trainer's TensorBoardCallback
     mlflow_run: str | None = None    # id of the MLflow run peftkit started
     own_uri: bool = False            # the tracking URI is ours: unset it afterwards
-    extra: dict = field(default_factory=dict)
 
 
 _ACTIVE: Tracking | None = None      # started and not yet finished (ended as FAILED if left so)
@@ -107,7 +106,7 @@ def finish(tracking: Tracking | None, recipe, result: dict) -> None:
         return
     test = {k: float(v) for k, v in result.get("test", {}).items() if isinstance(v, (int, float))}
     if tracking.tensorboard is not None:
-        write_tensorboard_summary(tracking, recipe, test)
+        write_tensorboard_summary(tracking, recipe, test, result.get("train_steps"))
     if tracking.mlflow_run is not None:
         import mlflow
 
@@ -122,7 +121,7 @@ def finish(tracking: Tracking | None, recipe, result: dict) -> None:
         _ACTIVE = None
 
 
-def write_tensorboard_summary(tracking: Tracking, recipe, test: dict) -> None:
+def write_tensorboard_summary(tracking: Tracking, recipe, test: dict, step: int | None) -> None:
     import yaml
 
     from torch.utils.tensorboard import SummaryWriter
@@ -138,7 +137,7 @@ def write_tensorboard_summary(tracking: Tracking, recipe, test: dict) -> None:
         writer.add_text("peftkit/recipe", "```\n" + recipe_yaml + "```")
         # the hparams view: one row per run, its recipe against its final test metrics
         writer.add_hparams(recipe_params(recipe), {f"test/{k}": v for k, v in test.items()},
-                           run_name=".")
+                           run_name=".", global_step=step)  # the step the test scalars have
 
 
 def end_mlflow(tracking: Tracking, status: str) -> None:

@@ -183,3 +183,31 @@ def test_bench_nproc_runs_each_variant_through_the_launcher(tiny_bert_dir, tmp_p
                                                            "--overwrite"]
     assert sent["model"]["name"] == str(tiny_bert_dir) and sent["strategy"]["r"] == 4
     assert not os.path.exists(args[1])  # the temporary recipe is gone
+
+
+# ---------------------------------------------------------------- example accelerate configs
+
+ACCELERATE_CONFIGS = {"ddp_cpu": "MULTI_GPU", "ddp_gpu": "MULTI_GPU", "fsdp": "FSDP",
+                      "deepspeed_zero2": "DEEPSPEED"}
+
+
+@pytest.mark.parametrize("name", sorted(ACCELERATE_CONFIGS))
+def test_example_accelerate_configs_load_with_accelerates_reader(name):
+    """recipes/accelerate/*.yaml: read by accelerate's own loader (unknown top-level keys raise);
+    every fsdp_/deepspeed_ key is an `accelerate launch` option; each opens with its command."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.commands.launch import launch_command_parser
+
+    path = Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.value == ACCELERATE_CONFIGS[name]
+    assert config.num_processes >= 2 and config.mixed_precision == "no"  # train.precision rules
+    options = {action.dest for action in launch_command_parser()._actions}
+    for key in {**(config.fsdp_config or {}), **(config.deepspeed_config or {})}:
+        assert key in options, f"{path.name}: {key} is not an accelerate launch option"
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("#") and f"--config_file recipes/accelerate/{name}.yaml" in first
+    if name == "fsdp":
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"  # gathered saves

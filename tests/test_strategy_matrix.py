@@ -6,8 +6,10 @@ BERT / Llama models of conftest.py, with a handful of optimizer steps on 16 exam
 Checks: only the intended parameters train, in the number the strategy's formula gives; step 0
 reproduces the base where the method's init promises it; training changes outputs and lowers
 the loss; padding never changes the real tokens' outputs; save -> load in a fresh model gives
-identical outputs; causal-LM loss covers completion tokens only and generation works through the
-strategy; AdaLoRA's kept ranks follow its budget schedule down to target_r.
+identical outputs; merging folds the trained update exactly (or refuses with a clear error);
+causal-LM loss covers completion tokens only and left-padded batched generation works through
+every strategy; AdaLoRA's kept ranks follow its budget schedule down to target_r.
+Sequence classification uses the tiny BERT with sharpened attention (see sharp_bert_dir).
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class Case:
 
 
 ADALORA = {"init_r": 6, "target_r": 2, "tinit": 2, "tfinal": 3, "deltaT": 1}
-HOULSBY, PFEIFFER = {"placement": "houlsby", "bottleneck_size": 4}, {"placement": "pfeiffer", "bottleneck_size": 4}
+HOULSBY = {"placement": "houlsby", "bottleneck_size": 4}
+PFEIFFER = {"placement": "pfeiffer", "bottleneck_size": 4}
 PREFIX = {"num_virtual_tokens": 3, "reparameterize": True, "hidden_size": 8}
 CASES = [
     Case("full", "full", TOK, 1e-3, identity=True),
@@ -61,7 +64,8 @@ CASES = [
 # trainable parameter names per strategy (task heads match HEAD)
 HEAD = re.compile(r"(^|\.)(classifier|score)(\.|$)")
 TRAINS = {"lora": r"\.lora_(A|B|magnitude_vector)\.", "adalora": r"\.lora_(A|B|E)\.",
-          "adapter": r"\.adapter\.(down|up)\.", "prefix": r"(prefix_key|prefix_value|peftkit_prefix_encoder\.)",
+          "adapter": r"\.adapter\.(down|up)\.",
+          "prefix": r"(prefix_key|prefix_value|peftkit_prefix_encoder\.)",
           "ia3": r"\.ia3_l\.", "prompt": r"^prompt_encoder\.", "full": r"."}
 
 
@@ -70,12 +74,12 @@ TRAINS = {"lora": r"\.lora_(A|B|magnitude_vector)\.", "adalora": r"\.lora_(A|B|E
 class TaskEnv:
     """Data, tokenizer and labels of one task, encoded once per session by the pipeline's code."""
 
-    def __init__(self, task_name: str, model_dir, tmp):
+    def __init__(self, task_name: str, model_dir):
         from peftkit.data.readers import load_raw
         from peftkit.models import load_tokenizer, source_of
         from peftkit.tasks import get_task
 
-        self.model_dir, self.tmp = model_dir, tmp
+        self.model_dir = model_dir
         recipe = self.recipe(Case("lora", "lora", task_name, 1e-2))
         self.task = get_task(task_name)
         raw = load_raw(recipe, self.task)
@@ -184,7 +188,7 @@ def trained(request, tiny_bert_dir, sharp_bert_dir, tiny_llama_dir, tmp_path_fac
     if case not in _TRAINED:
         if case.task not in _ENVS:
             model_dir = {TOK: tiny_bert_dir, SEQ: sharp_bert_dir, CLM: tiny_llama_dir}[case.task]
-            _ENVS[case.task] = TaskEnv(case.task, model_dir, tmp_path_factory.mktemp(case.task[:3]))
+            _ENVS[case.task] = TaskEnv(case.task, model_dir)
         _TRAINED[case] = train_case(case, _ENVS[case.task], tmp_path_factory.mktemp(str(case)))
     return _TRAINED[case]
 
@@ -286,8 +290,8 @@ def test_save_then_load_in_a_fresh_model_gives_identical_outputs(trained, tmp_pa
     strategy = get_strategy(trained.case.strategy)
     strategy.save(trained.model, tmp_path / "saved")
     expected = outputs(trained.model, trained.env.batch)   # after save (prefix folds its MLP there)
-    reloaded = strategy.load(lambda path=None: trained.env.base_model(trained.recipe, path), tmp_path / "saved",
-                             trained.recipe.strategy, trained.ctx)
+    fresh_base = lambda path=None: trained.env.base_model(trained.recipe, path)  # noqa: E731
+    reloaded = strategy.load(fresh_base, tmp_path / "saved", trained.recipe.strategy, trained.ctx)
     torch.testing.assert_close(outputs(reloaded, trained.env.batch), expected, atol=1e-5, rtol=1e-5)
 
 
@@ -311,7 +315,8 @@ def test_causal_lm_loss_covers_completion_tokens_only_and_generation_works(train
         extra = float(out.loss) - float(model.base_model.model(**batch).loss)
     assert float(out.loss) - extra == pytest.approx(float(manual), rel=1e-5)
 
-    prompts = [env.encoded["test"][i]["input_ids"][:env.encoded["test"][i]["prompt_length"]] for i in range(3)]
+    rows = [env.encoded["test"][i] for i in range(3)]
+    prompts = [r["input_ids"][:r["prompt_length"]] for r in rows]
     together = generate(model, env.tokenizer, prompts, trained.recipe)        # left-padded batch
     apart = [generate(model, env.tokenizer, [p], trained.recipe)[0] for p in prompts]
     assert together == apart and all(isinstance(t, str) for t in together)
@@ -324,7 +329,8 @@ def test_adalora_ranks_shrink_on_the_budget_schedule(trained):
     init_r, target_r = ADALORA["init_r"], ADALORA["target_r"]
     assert report["total_step"] == STEPS
     assert all(r <= init_r for r in report["ranks"].values())
-    assert report["budget"] == report["target_budget"] == target_r * len(report["ranks"]) < report["init_budget"]
+    assert report["budget"] == report["target_budget"] == target_r * len(report["ranks"])
+    assert report["target_budget"] < report["init_budget"]
     tinit, final = ADALORA["tinit"], STEPS - ADALORA["tfinal"]
     budgets = [b for _, b, _ in callback.history]
     assert [s for s, _, _ in callback.history] == list(range(STEPS))   # once per optimizer step

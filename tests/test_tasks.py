@@ -89,7 +89,8 @@ def test_sequence_encode_pairs_labels_and_truncation(tiny_bert_dir):
     enc, stats = task.encode(raw, tok, recipe(max_length=16, pairs=True), ["neg", "pos"])
     row = enc["train"][0]
     assert row["labels"] == 1 and enc["train"][1]["labels"] == 0
-    a, b = tok("paris is big", add_special_tokens=False)["input_ids"], tok("it is", add_special_tokens=False)["input_ids"]
+    a = tok("paris is big", add_special_tokens=False)["input_ids"]
+    b = tok("it is", add_special_tokens=False)["input_ids"]
     assert row["input_ids"] == [tok.cls_token_id, *a, tok.sep_token_id, *b, tok.sep_token_id]
     assert row["token_type_ids"] == [0] * (len(a) + 2) + [1] * (len(b) + 1)
     assert len(enc["train"][1]["input_ids"]) == 16 and stats == {"truncated_train": 1}
@@ -201,7 +202,8 @@ def test_demo_sets_are_deterministic_and_split_disjointly(module, gen, key):
     import importlib
 
     make = getattr(importlib.import_module(f"peftkit.data.{module}"), gen)
-    a, b = make(sizes={"train": 50, "validation": 20, "test": 20}), make(sizes={"train": 50, "validation": 20, "test": 20})
+    sizes = {"train": 50, "validation": 20, "test": 20}
+    a, b = make(sizes=sizes), make(sizes=sizes)
     assert a == b and make(seed=1, sizes={"train": 50}) != make(sizes={"train": 50})
     assert make(sizes={"train": 10})["test"] == make()["test"]   # resizing one split leaves the others
     train = {r[key] for r in a["train"]}

@@ -84,9 +84,10 @@ def _references(mr: dict[str, str]) -> tuple[str, str]:
     near = f" near {mr['near']}" if "near" in mr else ""
     score = mr.get("customer rating")
     rating = f" with {_article(score)} {score} customer rating" if score else ""
-    family = {"yes": "It is family-friendly.", "no": "It is not family-friendly."}.get(mr.get("familyFriendly"), "")
+    friendly = mr.get("familyFriendly")
+    family = {"yes": "It is family-friendly.", "no": "It is not family-friendly."}.get(friendly, "")
     first = f"{name} is {head}{where}{near}{rating}. {family}".strip()
-    kids = {"yes": " and welcomes children", "no": " and does not welcome children"}.get(mr.get("familyFriendly"), "")
+    kids = {"yes": " and welcomes children", "no": " and does not welcome children"}.get(friendly, "")
     place = f"{near or where}".strip()
     if place:
         second = f"Located {place}, {name} is {head}{rating}{kids}."

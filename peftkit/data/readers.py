@@ -174,7 +174,8 @@ def chat_rows(ds, where: str):
             out["target"].append(str(turns[-1]["content"]))
         return out
 
-    return ds.map(split_turns, batched=True, with_indices=True, remove_columns=ds.column_names)
+    return ds.map(split_turns, batched=True, with_indices=True, remove_columns=ds.column_names,
+                  desc="splitting chat turns")
 
 
 def column_key(recipe, column: str) -> str:
