@@ -97,8 +97,9 @@ def main_first(fn):
 
 
 def picklable(obj) -> bool:
+    """Survives the trip to the other processes (an exception with a custom __init__ may not)."""
     try:
-        pickle.dumps(obj)
+        pickle.loads(pickle.dumps(obj))
     except Exception:  # noqa: BLE001 - any failure means "send a plain copy instead"
         return False
     return True
@@ -150,7 +151,11 @@ def launch(nproc: int, args: list[str]) -> int:
 
     Ctrl-C in a terminal reaches the launcher and its workers directly (one process group), so
     this process only waits; a SIGTERM sent to it alone is passed on to the launcher."""
+    import threading
+
     proc = subprocess.Popen(launch_command(nproc, args), env=launch_env(nproc))
+    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
+        return proc.wait()
     previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))

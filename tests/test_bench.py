@@ -146,6 +146,7 @@ def test_failing_variant_is_recorded_and_the_others_finish(bench):
     assert "broken" in (out / "results.md").read_text().split("Failed runs:")[1]
     for name in ("full", "lora"):
         assert (out / "runs" / name / "result.json").is_file()
+        assert not (out / "runs" / name / "checkpoints").exists()  # weights are in model/adapter
     full, lora = records["full"], records["lora"]
     assert full["trainable_params"] == full["total_params"] > lora["trainable_params"] > 0
     assert lora["method"] == "lora" and lora["strategy_settings"]["r"] == 4

@@ -81,7 +81,8 @@ def test_memory_below_fp32_and_parameter_counts_equal(tiny_bert_dir, tmp_path):
 
 
 def trained_run(monkeypatch, recipe):
-    """run_recipe, keeping the model it trained and a copy of its state before training."""
+    """run_recipe, keeping the model it trained, its state before training and the names of the
+    parameters the strategy left trainable."""
     strategy = get_strategy(recipe.strategy_name)
     original, seen = strategy.apply, {}
 
@@ -89,11 +90,12 @@ def trained_run(monkeypatch, recipe):
         model = original(model, cfg, ctx)
         seen["model"] = model
         seen["before"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
         return model
 
     monkeypatch.setattr(strategy, "apply", apply)
     result = run_recipe(recipe)
-    return result, seen["model"], seen["before"]
+    return result, seen["model"], seen["before"], seen["trainable"]
 
 
 def losses(run_dir):
@@ -110,7 +112,7 @@ def changed_keys(model, before):
 def test_lora_on_8bit_base_trains_only_adapter(tiny_bert_dir, tmp_path, monkeypatch, checkpointing):
     recipe = recipe_for(tiny_bert_dir, tmp_path, "8bit", epochs=2, eval_every="no",
                         gradient_checkpointing=checkpointing)
-    result, model, before = trained_run(monkeypatch, recipe)
+    result, model, before, _ = trained_run(monkeypatch, recipe)
     assert model.get_base_model().is_activation_checkpointing == checkpointing
 
     loss = losses(tmp_path / "run")
@@ -140,25 +142,14 @@ OTHER_STRATEGIES = [{"name": "adapter"}, {"name": "prefix", "reparameterize": Fa
 def test_every_strategy_trains_on_8bit_base(tiny_bert_dir, tmp_path, monkeypatch, settings):
     """peft's methods and peftkit's own adapter/prefix modules on top of Linear8bitLt layers."""
     recipe = recipe_for(tiny_bert_dir, tmp_path, "8bit", settings, max_steps=3, eval_every="no")
-    strategy = get_strategy(settings["name"])
-    original, seen = strategy.apply, {}
-
-    def apply(model, cfg, ctx):
-        model = original(model, cfg, ctx)
-        seen["model"], seen["state"] = model, {k: v.clone() for k, v in model.state_dict().items()}
-        seen["trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
-        return model
-
-    monkeypatch.setattr(strategy, "apply", apply)
-    result = run_recipe(recipe)
-    model, before = seen["model"], seen["state"]
+    result, model, before, trainable = trained_run(monkeypatch, recipe)
     assert result["quantization"] == "8bit" and result["trainable_params"] > 0
     assert any(type(m).__name__ == "Linear8bitLt" for m in model.modules())
     after = model.state_dict()
-    frozen = [k for k in before if k in after and k not in seen["trainable"]]
+    frozen = [k for k in before if k in after and k not in trainable]
     assert [k for k in frozen if before[k].dtype == torch.int8]  # the quantized base is there...
     assert all(torch.equal(before[k], after[k]) for k in frozen)  # ...and nothing frozen moved
-    moved = [k for k in seen["trainable"] if k in after and not torch.equal(before[k], after[k])]
+    moved = [k for k in trainable if k in after and not torch.equal(before[k], after[k])]
     assert [k for k in moved if "classifier" not in k], "only the head trained"
 
     reloaded, tokenizer, *_ = load_run(tmp_path / "run")  # the saved adapter on a fresh 8-bit base
@@ -234,7 +225,7 @@ def test_cpu_probe_passes_for_8bit_here():
 @pytest.mark.parametrize("mode", ["8bit", "4bit"])
 def test_gpu_lora_on_quantized_base(tiny_bert_dir, tmp_path, monkeypatch, mode):
     recipe = recipe_for(tiny_bert_dir, tmp_path, mode, epochs=2, eval_every="no", precision="auto")
-    result, model, before = trained_run(monkeypatch, recipe)
+    result, model, before, _ = trained_run(monkeypatch, recipe)
     assert next(p for p in model.parameters() if p.requires_grad).is_cuda
     assert any(type(m).__name__ == QUANT_LINEAR[mode] for m in model.modules())
     loss = losses(tmp_path / "run")

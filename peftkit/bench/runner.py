@@ -12,6 +12,7 @@ every variant, so Ctrl-C at any point leaves them describing every run that fini
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import traceback
@@ -74,6 +75,9 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
         record_settings(variant, folder)
         return f"FAILED: {message.splitlines()[0] if message else type(exc).__name__}"
     record_settings(variant, folder)
+    # A finished variant is never resumed, and its weights are in adapter/ or model/: the Trainer
+    # checkpoints (optimizer state, a full copy of the model for some strategies) only fill the disk.
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     metric = result["metric"]
     value = result["test"].get(metric)
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} {value}"
