@@ -13,12 +13,12 @@ def resolve_precision(choice: str, quantized: bool = False) -> str:
     """auto -> bf16 on GPUs that support it and on CPUs with AVX-512 BF16 or AMX, else fp32."""
     if choice != "auto":
         return choice
-    if quantized:  # bitsandbytes' int8 CPU kernels run in fp32
-        return "fp32"
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # QLoRA trains k-bit bases under bf16 autocast too
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if quantized:  # bitsandbytes' int8 CPU kernels run in fp32
+        return "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
 
 

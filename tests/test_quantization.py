@@ -153,7 +153,7 @@ def test_every_strategy_trains_on_8bit_base(tiny_bert_dir, tmp_path, monkeypatch
     assert [k for k in moved if "classifier" not in k], "only the head trained"
 
     reloaded, tokenizer, *_ = load_run(tmp_path / "run")  # the saved adapter on a fresh 8-bit base
-    batch = tokenizer(["john smith flew to paris"], return_tensors="pt")
+    batch = tokenizer(["john smith flew to paris"], return_tensors="pt").to(next(model.parameters()).device)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(reloaded(**batch).logits, model(**batch).logits, atol=1e-4, rtol=0)
