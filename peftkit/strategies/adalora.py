@@ -57,7 +57,13 @@ class AdaLoraStrategy(PeftStrategy):
         super().save(model, folder)   # peft prunes the saved A/B/E to the kept ranks (rank_pattern)
 
     def load(self, load_base, folder, cfg, ctx):
-        model = super().load(load_base, folder, cfg, ctx)
+        import warnings
+
+        with warnings.catch_warnings():
+            # peft checks AdaLoRA's rank_pattern keys (`...query.lora_E`) against module names as if
+            # they were LoRA's, warns that they "did not match", then resizes by them correctly
+            warnings.filterwarnings("ignore", message="The following rank_pattern keys")
+            model = super().load(load_base, folder, cfg, ctx)
         # peft reads trainable_adapter_name in every forward with labels, but sets it only when an
         # adapter is trainable; an inference-only model needs no regulariser in its loss
         model.base_model.trainable_adapter_name = model.active_adapter
