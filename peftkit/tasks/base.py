@@ -42,3 +42,11 @@ class Task:
 
     def predict(self, model, tokenizer, texts: list[str], labels, recipe) -> list[dict]:
         raise NotImplementedError
+
+
+def tokenize_splits(raw, encode_batch):
+    """Map `encode_batch` over every split; it marks each example `truncated` (counted, then dropped)."""
+    encoded = raw.map(encode_batch, batched=True, remove_columns=list(raw["train"].column_names),
+                      desc="tokenizing")
+    stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
+    return encoded.remove_columns("truncated"), stats

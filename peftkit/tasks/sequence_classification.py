@@ -7,7 +7,7 @@ Labels are integers 0..N-1 (named by data.label_names, else "0".."N-1") or strin
 from __future__ import annotations
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import Task
+from peftkit.tasks.base import Task, tokenize_splits
 
 
 class SequenceClassification(Task):
@@ -38,10 +38,7 @@ class SequenceClassification(Task):
             enc["truncated"] = [len(ids) > max_length for ids in full["input_ids"]]
             return enc
 
-        encoded = raw.map(encode_batch, batched=True, remove_columns=list(raw["train"].column_names),
-                          desc="tokenizing")
-        stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
-        return encoded.remove_columns("truncated"), stats
+        return tokenize_splits(raw, encode_batch)
 
     def collator(self, tokenizer, pad_to_multiple_of=None):
         from transformers import DataCollatorWithPadding

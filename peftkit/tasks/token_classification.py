@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import Task
+from peftkit.tasks.base import Task, tokenize_splits
 
 IGNORE = -100  # label of sub-tokens after the first and of special tokens: skipped by the loss
 WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
@@ -44,10 +44,7 @@ class TokenClassification(Task):
                 enc["truncated"].append(kept < len(tags))
             return enc
 
-        encoded = raw.map(encode_batch, batched=True, remove_columns=list(raw["train"].column_names),
-                          desc="tokenizing")
-        stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
-        return encoded.remove_columns("truncated"), stats
+        return tokenize_splits(raw, encode_batch)
 
     def collator(self, tokenizer, pad_to_multiple_of=None):
         from transformers import DataCollatorForTokenClassification
