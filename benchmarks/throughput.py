@@ -5,7 +5,7 @@
 
 Each case trains the same model on the same data slice with the same strategy, hyper-parameters
 and number of steps twice over: (A) peftkit's run_recipe with its defaults (precision auto,
-length-grouped batches) and (B) benchmarks/baseline_trainer.py, the script a user writes without
+each random batch packed into shared rows) and (B) benchmarks/baseline_trainer.py, the script a user writes without
 peftkit (default TrainingArguments: fp32, random batches, dynamic padding). Every run is its own
 process (peak memory = its max RSS, fresh thread pools), in the order A B B A A B ... so drifting
 machine load hits both sides alike; the table shows medians. Repeat i trains with seed 42 + i on
@@ -50,7 +50,7 @@ LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}
 # ---------------------------------------------------------------- workers (one process per run)
 
 def peftkit_worker(case: dict, a) -> dict:
-    """peftkit with its defaults (precision auto, length-grouped batches) and the shared settings."""
+    """peftkit with its defaults (precision auto, packed batches) and the shared settings."""
     from peftkit.pipeline import run_recipe
     from peftkit.recipe import build_recipe
 
@@ -86,10 +86,11 @@ def baseline_worker(case: dict, a) -> dict:
 
     task, source = TASKS[case["task"]], resolve_model(case["model"])
     argv = ["--task", case["task"], "--model", source.path, "--data", str(Path(a.data_dir) / task["data"]),
-            "--strategy", case["strategy"], "--train-samples", str(a.train_samples),
-            "--epochs", str(a.epochs), "--batch-size", str(task["batch_size"]), "--lr", str(case["lr"]),
+            "--strategy", case["strategy"], "--epochs", str(a.epochs), "--batch-size", str(task["batch_size"]), "--lr", str(case["lr"]),
             "--warmup", str(SHARED["warmup"]), "--max-length", str(SHARED["max_length"]),
             "--seed", str(a.seed)]
+    if a.train_samples:
+        argv += ["--train-samples", str(a.train_samples)]
     if a.test_samples:
         argv += ["--test-samples", str(a.test_samples)]
     if source.gguf_file:
@@ -158,8 +159,9 @@ def run_side(side: str, case: str, seed: int, a, logs: Path) -> dict:
     train_n, test_n = (a.causal_train_samples, a.causal_test_samples) if causal \
         else (a.train_samples, a.test_samples)
     cmd = [sys.executable, __file__, "--worker", side, "--case", case, "--out", str(out),
-           "--train-samples", str(train_n), "--epochs", str(a.epochs), "--data-dir", str(a.data_dir),
-           "--seed", str(seed)]
+           "--epochs", str(a.epochs), "--data-dir", str(a.data_dir), "--seed", str(seed)]
+    if train_n:
+        cmd += ["--train-samples", str(train_n)]
     if test_n:
         cmd += ["--test-samples", str(test_n)]
     env = {**os.environ, "PEFTKIT_DATA_DIR": str(a.data_dir), "HF_HUB_OFFLINE": "1",
@@ -256,7 +258,8 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated: {', '.join(CASES)}")
     p.add_argument("--repeats", type=int, default=2, help="runs per side and case")
-    p.add_argument("--train-samples", type=int, default=2000, help="NER: training sentences (first N)")
+    p.add_argument("--train-samples", type=int, default=None,
+                   help="NER: training sentences, the first N (default: all 14,041)")
     p.add_argument("--test-samples", type=int, default=None, help="NER: test sentences (default: all)")
     p.add_argument("--causal-train-samples", type=int, default=128, help="E2E: training references")
     p.add_argument("--causal-test-samples", type=int, default=64, help="E2E: test references")

@@ -78,7 +78,10 @@ class TrainSection:
     seed: int = opt(42, "seed for weights, data order and dropout", min=0)
     precision: str = opt("auto", "auto picks bf16 where the hardware has it",
                          choices=["auto", "fp32", "bf16", "fp16"])
-    group_by_length: bool = opt(True, "batch examples of similar length (less padding)")
+    packing: bool = opt(True, "token classification, causal LM: pack each random batch's examples "
+                        "into shared rows (less padding, the same loss)")
+    group_by_length: bool = opt(False, "batch examples of similar length: least padding, but a "
+                                "different training signal (docs/speed.md)")
     logging_steps: int = opt(10, "log loss every N steps", min=1)
     eval_every: str = opt("epoch", "when to evaluate during training", choices=["epoch", "steps", "no"])
     eval_steps: int | None = opt(None, "with eval_every: steps, evaluate every N steps", min=1)

@@ -101,17 +101,17 @@ def metrics_logger(path: Path):
 
 def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path, precision: str,
                   callbacks: list, *, report_to=(), find_unused_parameters: bool = False):
-    from transformers import Trainer
-
     from peftkit.callbacks import guard_callbacks  # NaN stop, signals, resume state, data order
+    from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
 
     args = training_arguments(recipe, run_dir / "checkpoints", precision, report_to,
                               find_unused_parameters)
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
+    trainer = trainer_class(recipe, model, tokenizer.pad_token_id)
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
-        return Trainer(
+        return trainer(
             model=model,
             args=args,
             train_dataset=encoded["train"],
@@ -157,7 +157,8 @@ def pad_to_multiple(precision: str) -> int | None:
 
 class TokenCounter:
     """Counts the real (attention_mask) and padded token slots the model trains on: a forward
-    pre-hook that ignores eval-mode calls, so evaluations during training are not counted."""
+    pre-hook that ignores eval-mode calls, so evaluations during training are not counted.
+    A packed batch's 4-D mask (rows, 1, width, width) has True on its diagonal exactly at real tokens."""
 
     def __init__(self, model):
         self.real = self.slots = 0
@@ -168,7 +169,10 @@ class TokenCounter:
             return
         mask = kwargs.get("attention_mask")
         ids = kwargs.get("input_ids", args[0] if args else None)
-        if mask is not None:
+        if mask is not None and mask.dim() == 4:
+            self.real += int(mask.diagonal(dim1=-2, dim2=-1).sum())
+            self.slots += mask.shape[0] * mask.shape[-1]
+        elif mask is not None:
             self.real += int(mask.sum())
             self.slots += mask.numel()
         elif ids is not None:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from peftkit import train as train_mod
+from peftkit.packing import first_fit
 from peftkit.recipe import build_recipe
 from peftkit.tasks import get_task
 from conftest import tiny_ner_recipe
@@ -65,8 +66,13 @@ def batches_seen(trainer) -> list[list[int]]:
     seen = []
 
     def record(module, args, kwargs):
-        if module.training:
-            seen.append((kwargs["input_ids"][:, 1] - 5).tolist())
+        if not module.training:
+            return
+        ids, positions = kwargs["input_ids"], kwargs.get("position_ids")
+        if positions is None:  # one example per row, its marker second
+            seen.append((ids[:, 1] - 5).tolist())
+        else:  # packed rows: an example's marker sits at its position 1
+            seen.append((ids[positions == 1] - 5).tolist())
 
     handle = trainer.model.register_forward_pre_hook(record, with_kwargs=True)
     trainer.train()
@@ -74,9 +80,10 @@ def batches_seen(trainer) -> list[list[int]]:
     return seen
 
 
-@pytest.mark.parametrize("grouped", [True, False])
-def test_every_example_exactly_once_per_epoch(tiny_bert_dir, tmp_path, grouped):
-    trainer = tiny_trainer(tiny_bert_dir, tmp_path, epochs=2, group_by_length=grouped)
+@pytest.mark.parametrize("batching", ["grouped", "random", "packed"])
+def test_every_example_exactly_once_per_epoch(tiny_bert_dir, tmp_path, batching):
+    trainer = tiny_trainer(tiny_bert_dir, tmp_path, epochs=2, group_by_length=batching == "grouped",
+                           packing=batching == "packed")
     counter = train_mod.TokenCounter(trainer.model)
     batches = batches_seen(trainer)
     counter.remove()
@@ -87,20 +94,27 @@ def test_every_example_exactly_once_per_epoch(tiny_bert_dir, tmp_path, grouped):
         assert sorted(order) == list(range(N_EXAMPLES))
     assert epochs[0] != epochs[1]  # reshuffled each epoch
 
-    lengths = marked_dataset()["attention_mask"]
-    slots = sum(len(b) * max(len(lengths[i]) for i in b) for b in batches)
-    real = sum(len(lengths[i]) for b in batches for i in b)
-    assert counter.real == real and counter.slots == slots  # the counter sees what trained
-    if grouped:  # neighbours in a batch have similar lengths: far less padding than random batches
-        assert counter.padding_fraction < 0.15, counter.padding_fraction
+    lengths = [len(x) for x in marked_dataset()["attention_mask"]]
+    real = sum(lengths[i] for b in batches for i in b)
+    assert counter.real == real  # the counter sees what trained
+    padded_slots = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    if batching == "packed":  # rows as wide as the batch's longest example, fewer rows
+        slots = sum(len(first_fit([lengths[i] for i in b])[0]) * max(lengths[i] for i in b)
+                    for b in batches)
+        assert slots < 0.9 * padded_slots  # the same batches in fewer slots, even 4 at a time
     else:
+        slots = padded_slots
+    assert counter.slots == slots
+    if batching == "random":
         assert counter.padding_fraction > 0.25, counter.padding_fraction
+    if batching == "grouped":  # neighbours in a batch have similar lengths
+        assert counter.padding_fraction < 0.15, counter.padding_fraction
 
 
 def test_trainer_uses_the_length_grouped_sampler(tiny_bert_dir, tmp_path):
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    trainer = tiny_trainer(tiny_bert_dir, tmp_path)
+    trainer = tiny_trainer(tiny_bert_dir, tmp_path, group_by_length=True)
     assert trainer.args.train_sampling_strategy == "group_by_length"
     assert isinstance(trainer._get_train_sampler(), LengthGroupedSampler)
 
