@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 
 import pytest
@@ -15,7 +16,7 @@ from peftkit.errors import PeftkitError
 from peftkit.strategies import get_strategy
 from peftkit.strategies.base import ApplyContext
 from peftkit.strategies.configs import PrefixConfig
-from peftkit.strategies.prefix import ATTN_NAME, ENCODER_ATTR, extend_mask, fold_prefixes
+from peftkit.strategies.prefix import ATTN_NAME, ENCODER_ATTR, attention_modules, extend_mask, fold_prefixes
 
 STRATEGY = get_strategy("prefix")
 BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100)
@@ -65,8 +66,11 @@ def test_custom_attention_is_used_and_only_prefix_and_head_train(cfg):
     assert all(n.startswith(("classifier.", ENCODER_ATTR)) or n.endswith(("prefix_key", "prefix_value"))
                for n in names)
     out.sum().backward()
-    prefix_grads = [p.grad for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n]
-    assert prefix_grads and all(g is not None and g.abs().sum() > 0 for g in prefix_grads)
+    prefix_grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad and "classifier" not in n}
+    assert prefix_grads and all(g is not None for g in prefix_grads.values())
+    # the MLP's zero-initialised output layer passes no gradient below it at step 0 (as LoRA's B)
+    moving = [g for n, g in prefix_grads.items() if not n.startswith(ENCODER_ATTR) or ".mlp.2." in n]
+    assert moving and all(g.abs().sum() > 0 for g in moving)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
 
 
@@ -217,3 +221,40 @@ def test_merge_refuses_and_names_export():
 def test_model_without_attention_is_a_clear_error():
     with pytest.raises(PeftkitError, match="no self-attention"):
         STRATEGY.apply(torch.nn.Sequential(torch.nn.Linear(4, 4)), PLAIN, ctx())
+
+
+def test_real_token_prefix_is_those_tokens_kv_cache():
+    """Li & Liang's init: a decoder's prefix starts as exactly the KV cache of P real tokens, so
+    with positions continuing after them the model sees "those tokens, then x"."""
+    from peftkit.strategies.prefix import init_token_ids
+
+    cfg = PrefixConfig(num_virtual_tokens=5, reparameterize=False)
+    prompt = init_token_ids(llama_lm(), cfg, tokenizer=None)
+    x = ids((1, 6))
+    with torch.no_grad():
+        reference = llama_lm()(input_ids=torch.cat([prompt[None], x], dim=1)).logits[:, 5:]
+        model = STRATEGY.apply(llama_lm(), cfg, ctx("causal-lm"))
+        prefixed = model(input_ids=x, position_ids=torch.arange(5, 11)[None]).logits
+    torch.testing.assert_close(prefixed, reference, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("make", [bert_tokens, llama_lm])
+def test_reparameterised_prefix_starts_at_the_real_token_prefix(make):
+    """The MLP's output layer starts at zero: step 0 uses the real-token prefixes, and its
+    parameters still get gradients (through the zero layer's weight)."""
+    plain = STRATEGY.apply(make(), dataclasses.replace(REPARAM, reparameterize=False), ctx())
+    model = STRATEGY.apply(make(), REPARAM, ctx())
+    x = ids()
+    out = model(input_ids=x).logits
+    torch.testing.assert_close(out, plain(input_ids=x).logits)
+    out.square().sum().backward()
+    assert getattr(model, ENCODER_ATTR).mlp[2].weight.grad.abs().sum() > 0
+
+
+def test_random_init_and_init_text_errors():
+    random_init = STRATEGY.apply(bert_tokens(), dataclasses.replace(PLAIN, init="random"), ctx())
+    real = STRATEGY.apply(bert_tokens(), PLAIN, ctx())
+    (module, _, _), (module_real, _, _) = attention_modules(random_init)[0], attention_modules(real)[0]
+    assert module.prefix_key.std() < 0.1 < module_real.prefix_key.std()  # N(0, 0.02) vs real keys
+    with pytest.raises(PeftkitError, match="needs the run's tokenizer"):
+        STRATEGY.apply(bert_tokens(), dataclasses.replace(PLAIN, init_text="hello"), ctx())

@@ -72,6 +72,11 @@ class PrefixConfig:
     reparameterize: bool = opt(True, "train through an MLP that is folded away after training")
     hidden_size: int = opt(512, "width of the reparameterisation MLP", min=1)
     dropout: float = opt(0.0, "dropout on the prefixes", min=0.0, max=1.0)
+    init: str = opt("real-tokens", "real-tokens: start from the base model's keys/values of real "
+                    "tokens (Li & Liang 2021, 5.4); random: small random vectors",
+                    choices=["real-tokens", "random"])
+    init_text: str | None = opt(None, "real-tokens: the text whose tokens start the prefix "
+                                "(null: a built-in neutral English text)")
 
 
 @dataclass

@@ -17,10 +17,17 @@ so peftkit registers its own attention function and prepends trainable keys/valu
   * A mask function is registered under the same name (sdpa's), otherwise transformers hands
     the attention function mask=None and padding would be attended to.
 
+  Initialisation (init: real-tokens, Li & Liang section 5.4): the base model reads P real tokens
+  once and every layer's keys/values of them become the starting prefixes, so at step 0 the
+  prefix looks to the frozen model like a few words of context. Random vectors instead are far
+  from any key the model produces; on CoNLL-2003 they left the encoder predicting all-O (F1 0).
+
   Reparameterisation (Li & Liang section 4.3), training only:
 
     embedding [P, hidden] ─▶ Linear(hidden, cfg.hidden_size) ─▶ tanh ─▶ Linear(→ n_layers*2*kv_dim)
-                                                                         └─ slice of layer i ─▶ P_k, P_v
+                                                                         └─ slice of layer i ─┐
+    prefix = real-token keys/values (a fixed buffer) + MLP output  ◀──────────────────────────┘
+    The MLP's last Linear starts at zero (as LoRA's B), so step 0 uses the real-token prefixes.
 
   fold_prefixes() computes that MLP once into plain prefix_key / prefix_value parameters and
   deletes it (at the end of training and before save), so a saved adapter holds only the prefixes.
@@ -44,6 +51,7 @@ from peftkit.strategies.base import (
 from peftkit.strategies.configs import PrefixConfig
 
 ATTN_NAME = "peftkit_prefix"
+CAPTURE_NAME = "peftkit_prefix_capture"   # used once, at apply(), to read real-token keys/values
 ENCODER_ATTR = "peftkit_prefix_encoder"
 KEY_PROJ_NAMES = ("k_proj", "key")     # Llama family, BERT family
 
@@ -81,8 +89,16 @@ def extend_mask(mask, module, query, key, n_prefix: int, kwargs) -> torch.Tensor
     return torch.cat([cols, mask], dim=-1)
 
 
+def capture_attention(module, query, key, value, attention_mask, **kwargs):
+    """sdpa attention that keeps the first example's keys/values [kv_heads, L, head_dim]."""
+    module.__dict__["_peftkit_captured"] = (key[0].detach(), value[0].detach())
+    return ALL_ATTENTION_FUNCTIONS["sdpa"](module, query, key, value, attention_mask, **kwargs)
+
+
 AttentionInterface.register(ATTN_NAME, prefix_attention)
 AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)   # without it the mask arrives as None
+AttentionInterface.register(CAPTURE_NAME, capture_attention)
+AttentionMaskInterface.register(CAPTURE_NAME, sdpa_mask)
 
 
 # ---------------------------------------------------------------- prefix parameters
@@ -116,19 +132,25 @@ def attention_modules(model) -> list[tuple[nn.Module, int, int]]:
 class PrefixEncoder(nn.Module):
     """The reparameterisation MLP: one shared net emits the prefixes of every layer."""
 
-    def __init__(self, n_tokens: int, hidden: int, mlp_hidden: int, shapes: list[tuple[int, int]]):
+    def __init__(self, n_tokens: int, hidden: int, mlp_hidden: int, shapes: list[tuple[int, int]],
+                 anchor: torch.Tensor | None = None):
         super().__init__()
         self.shapes = shapes                       # (kv_heads, head_dim) per layer
         self.sizes = [2 * h * d for h, d in shapes]
         self.embedding = nn.Parameter(torch.randn(n_tokens, hidden))   # nn.Embedding's N(0, 1), as peft
         self.mlp = nn.Sequential(nn.Linear(hidden, mlp_hidden), nn.Tanh(),
                                  nn.Linear(mlp_hidden, sum(self.sizes)))
+        # [P, sum(sizes)]: the real-token prefixes the MLP's output is added to (zeros: random init)
+        self.register_buffer("anchor", torch.zeros(n_tokens, sum(self.sizes)) if anchor is None else anchor)
+        if anchor is not None:   # step 0 = the real-token prefixes; gradients still reach the MLP
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
 
     def layer_kv(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         # Only layer i's rows of the last Linear: n_layers cheap calls instead of caching one big output
         hidden = self.mlp[1](self.mlp[0](self.embedding))
         rows = slice(sum(self.sizes[:i]), sum(self.sizes[:i + 1]))
-        flat = nn.functional.linear(hidden, self.mlp[2].weight[rows], self.mlp[2].bias[rows])
+        flat = nn.functional.linear(hidden, self.mlp[2].weight[rows], self.mlp[2].bias[rows]) + self.anchor[:, rows]
         heads, dim = self.shapes[i]
         kv = flat.view(-1, 2, heads, dim).permute(1, 2, 0, 3)   # [2, heads, P, dim]
         return kv[0], kv[1]
@@ -167,10 +189,13 @@ def _select_attention(model) -> None:
                            "(it does not use transformers' AttentionInterface); try strategy.name=lora")
 
 
-def _add_prefixes(model, cfg: PrefixConfig, layers) -> None:
+def _add_prefixes(model, cfg: PrefixConfig, layers, start: list | None) -> None:
+    """start: per layer (keys, values) [kv_heads, P, head_dim] to begin from, or None (random)."""
     if cfg.reparameterize:
+        anchor = None if start is None else torch.cat(
+            [torch.stack(kv, dim=0).permute(2, 0, 1, 3).flatten(1) for kv in start], dim=1)  # [P, Σ 2hd]
         encoder = PrefixEncoder(cfg.num_virtual_tokens, model.config.hidden_size, cfg.hidden_size,
-                                [(h, d) for _, h, d in layers])
+                                [(h, d) for _, h, d in layers], anchor)
         ref = next(model.parameters())
         setattr(model, ENCODER_ATTR, encoder.to(device=ref.device))
         for i, (module, _, _) in enumerate(layers):
@@ -178,12 +203,48 @@ def _add_prefixes(model, cfg: PrefixConfig, layers) -> None:
             module.__dict__["_peftkit_prefix_layer"] = i
         return
     std = getattr(model.config, "initializer_range", 0.02)
-    for module, heads, dim in layers:
+    for i, (module, heads, dim) in enumerate(layers):
         ref = next(module.parameters())
         dtype = ref.dtype if ref.is_floating_point() else torch.float32   # 8-bit bases: train in fp32
-        for attr in ("prefix_key", "prefix_value"):
-            init = torch.randn(heads, cfg.num_virtual_tokens, dim, device=ref.device, dtype=dtype) * std
-            setattr(module, attr, nn.Parameter(init))
+        for j, attr in enumerate(("prefix_key", "prefix_value")):
+            init = (torch.randn(heads, cfg.num_virtual_tokens, dim, device=ref.device) * std
+                    if start is None else start[i][j])
+            setattr(module, attr, nn.Parameter(init.to(device=ref.device, dtype=dtype).clone()))
+
+
+NEUTRAL_TEXT = ("The following is a piece of text in plain English, with the names of people, places "
+                "and organisations, and the words that usually come between them.")
+
+
+def real_token_kv(model, cfg: PrefixConfig, layers, tokenizer) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Every layer's keys and values [kv_heads, P, head_dim] of P real tokens read by the base model."""
+    ids = init_token_ids(model, cfg, tokenizer)
+    was_training = model.training
+    model.eval()
+    model.set_attn_implementation(CAPTURE_NAME)
+    try:
+        with torch.no_grad():
+            model(input_ids=ids[None].to(next(model.parameters()).device))
+    finally:
+        model.set_attn_implementation(ATTN_NAME)
+        model.train(was_training)
+    return [tuple(t.float() for t in module.__dict__.pop("_peftkit_captured")) for module, _, _ in layers]
+
+
+def init_token_ids(model, cfg: PrefixConfig, tokenizer) -> torch.Tensor:
+    """The text's token ids repeated to P; without a tokenizer (a model built in code), ids spread
+    evenly over the vocabulary."""
+    n = cfg.num_virtual_tokens
+    if tokenizer is None:
+        if cfg.init_text:
+            raise PeftkitError("prefix: strategy.init_text needs the run's tokenizer")
+        step = max(1, model.config.vocab_size // (n + 1))
+        return torch.arange(1, n + 1) * step
+    ids = tokenizer(cfg.init_text or NEUTRAL_TEXT, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise PeftkitError(f"prefix: strategy.init_text {cfg.init_text!r} has no tokens; "
+                           "give a few words, or set strategy.init: random")
+    return torch.tensor((ids * (n // len(ids) + 1))[:n])
 
 
 class PrefixStrategy(Strategy):
@@ -198,7 +259,8 @@ class PrefixStrategy(Strategy):
                                "supported: BERT-family encoders and Llama-family decoders")
         _select_attention(model)
         freeze_all(model)
-        _add_prefixes(model, cfg, layers)
+        start = real_token_kv(model, cfg, layers, ctx.tokenizer) if cfg.init == "real-tokens" else None
+        _add_prefixes(model, cfg, layers, start)
         for module, _, _ in layers:
             module.__dict__["_peftkit_prefix_dropout"] = cfg.dropout
         unfreeze_heads(model, head_modules(model, ctx.head_names))
@@ -217,8 +279,9 @@ class PrefixStrategy(Strategy):
         save_trainable(model, Path(folder), meta)
 
     def load(self, load_base, folder: Path, cfg: PrefixConfig, ctx: ApplyContext):
-        # saved prefixes are always folded: build the plain form whatever the recipe said
-        model = self.apply(load_base(), dataclasses.replace(cfg, reparameterize=False), ctx)
+        # saved prefixes are always folded: build the plain form whatever the recipe said (and skip
+        # the real-token init: the saved values replace it)
+        model = self.apply(load_base(), dataclasses.replace(cfg, reparameterize=False, init="random"), ctx)
         load_trainable(model, Path(folder))
         return model
 
