@@ -69,7 +69,8 @@ class AdapterConfig:
 @dataclass
 class PrefixConfig:
     num_virtual_tokens: int = opt(20, "prefix length per layer", min=1)
-    reparameterize: bool = opt(True, "train through an MLP that is folded away after training")
+    reparameterize: bool = opt(False, "train through an MLP that is folded away after training; "
+                               "wants a far smaller learning rate (Li & Liang: 5e-5)")
     hidden_size: int = opt(512, "width of the reparameterisation MLP", min=1)
     dropout: float = opt(0.0, "dropout on the prefixes", min=0.0, max=1.0)
     init: str = opt("real-tokens", "real-tokens: start from the base model's keys/values of real "
