@@ -42,8 +42,8 @@ CASES = {
     "causal-lora": {"task": "causal", "model": "smollm2-135m", "strategy": "lora", "lr": 2e-3},
 }
 TASKS = {  # per task: data folder, batch size, what the final metric is
-    "ner": {"data": "conll2003", "batch_size": 32, "metric": "f1"},
-    "causal": {"data": "e2e_nlg", "batch_size": 8, "metric": "loss"},
+    "ner": {"data": "conll2003", "batch_size": 32, "eval_batch_size": 64, "metric": "f1"},
+    "causal": {"data": "e2e_nlg", "batch_size": 8, "eval_batch_size": 8, "metric": "loss"},
 }
 SHARED = {"warmup": 0.06, "max_length": 128}
 LORA = {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.1}
@@ -69,6 +69,7 @@ def peftkit_worker(case: dict, a) -> dict:
             **spec, "model": {"name": case["model"]}, "data": data,
             "strategy": LORA if case["strategy"] == "lora" else {"name": "full"},
             "train": {"epochs": a.epochs, "batch_size": task["batch_size"], "learning_rate": case["lr"],
+                      "eval_batch_size": task["eval_batch_size"],  # the baseline's: peak memory compares
                       "warmup": SHARED["warmup"], "seed": a.seed, "eval_every": "no"},
             "output": {"dir": out}})
         r = run_recipe(recipe, overwrite=True)

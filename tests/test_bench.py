@@ -99,8 +99,8 @@ def test_suite_problems_are_reported_together(tiny_bert_dir, tmp_path):
     assert result.exit_code == 2 and "strategy.rank" in result.output
 
 
-def test_quick_suite_is_packaged_covers_every_strategy_and_matches_benchmarks():
-    assert DEFAULT_SUITE.read_text() == (REPO / "benchmarks" / "quick.yaml").read_text()
+def test_quick_suite_is_packaged_and_covers_every_strategy():
+    assert DEFAULT_SUITE.is_file()
     suite = load_suite()
     assert suite.name == "quick"
     assert {v.recipe.strategy_name for v in suite.variants} == set(STRATEGIES)
