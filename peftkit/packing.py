@@ -9,7 +9,7 @@
 
 Why not length-grouped batches: grouping makes every batch a set of similar-length examples
 (headlines together, long sentences together), a different training signal than random batches;
-on CoNLL-2003 it cost ~1 F1 point after an epoch (benchmarks/THROUGHPUT.md). Packing keeps the
+on CoNLL-2003 it cost ~1 F1 point after an epoch (docs/speed.md). Packing keeps the
 random batch, so the loss and gradient are those of the padded batch, at a fraction of the padding.
 Needs a 4-D mask, which transformers passes to SDPA as it is; not for sequence classification
 (one label per row) nor for strategies that prepend virtual tokens to the mask (prefix, prompt).

@@ -19,8 +19,9 @@ so peftkit registers its own attention function and prepends trainable keys/valu
 
   Initialisation (init: real-tokens, Li & Liang section 5.4): the base model reads P real tokens
   once and every layer's keys/values of them become the starting prefixes, so at step 0 the
-  prefix looks to the frozen model like a few words of context. Random vectors instead are far
-  from any key the model produces; on CoNLL-2003 they left the encoder predicting all-O (F1 0).
+  prefix looks to the frozen model like a few words of context rather than vectors unlike any key
+  it produces. (What collapsed CoNLL-2003 training to all-O was not the init but the MLP below at
+  short-run learning rates: recipes/conll2003/prefix.yaml.)
 
   Reparameterisation (Li & Liang section 4.3), training only:
 
@@ -150,7 +151,8 @@ class PrefixEncoder(nn.Module):
         # Only layer i's rows of the last Linear: n_layers cheap calls instead of caching one big output
         hidden = self.mlp[1](self.mlp[0](self.embedding))
         rows = slice(sum(self.sizes[:i]), sum(self.sizes[:i + 1]))
-        flat = nn.functional.linear(hidden, self.mlp[2].weight[rows], self.mlp[2].bias[rows]) + self.anchor[:, rows]
+        flat = nn.functional.linear(hidden, self.mlp[2].weight[rows], self.mlp[2].bias[rows])
+        flat = flat + self.anchor[:, rows]
         heads, dim = self.shapes[i]
         kv = flat.view(-1, 2, heads, dim).permute(1, 2, 0, 3)   # [2, heads, P, dim]
         return kv[0], kv[1]
