@@ -19,14 +19,15 @@ from __future__ import annotations
 
 IGNORE = -100
 TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal attention
-NO_PACKING_STRATEGIES = {"prefix", "prompt"}  # virtual tokens change the attention mask's shape
 
 
 def packing_applies(recipe, model) -> bool:
     """True when the recipe asks for packing and task, strategy and attention kernel allow it."""
+    from peftkit.strategies import get_strategy
+
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     return (recipe.train.packing and recipe.task in TASKS
-            and recipe.strategy_name not in NO_PACKING_STRATEGIES and attn == "sdpa")
+            and get_strategy(recipe.strategy_name).packable and attn == "sdpa")
 
 
 def trainer_class(recipe, model, pad_id: int):

@@ -109,9 +109,9 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
                               find_unused_parameters)
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer = trainer_class(recipe, model, tokenizer.pad_token_id)
+    trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
-        return trainer(
+        return trainer_cls(
             model=model,
             args=args,
             train_dataset=encoded["train"],

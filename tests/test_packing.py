@@ -81,7 +81,8 @@ def test_padding_slots_attend_somewhere():
 
 @pytest.mark.parametrize("task,strategy,expected", [
     ("token-classification", "lora", True), ("token-classification", "adapter", True),
-    ("token-classification", "prefix", False), ("sequence-classification", "lora", False)])
+    ("token-classification", "prefix", False), ("token-classification", "prompt", False),
+    ("sequence-classification", "lora", False)])
 def test_packing_applies_where_the_mask_can_be_4d(tiny_bert_dir, tmp_path, task, strategy, expected):
     raw = tiny_ner_recipe(tiny_bert_dir, tmp_path, {"name": strategy})
     raw["task"] = task

@@ -38,6 +38,8 @@ class Strategy:
     name: str = ""
     can_merge: bool = False        # the result is a weight delta that folds into the base
     peft_format: bool = False      # saved as a peft adapter folder (PeftModel.from_pretrained)
+    packable: bool = True          # training batches may be packed (peftkit.packing); False where
+                                   # virtual tokens are added to the attention mask
     # DDP's find_unused_parameters: True only where some trainable parameter gets no gradient in a
     # step (DDP then waits for it forever). None so far: AdaLoRA's pruned ranks are zeroed, not cut
     # from the graph; prefix tuning's reparameterisation MLP feeds every layer until it is folded

@@ -253,6 +253,7 @@ class PrefixStrategy(Strategy):
     name = "prefix"
     can_merge = False
     peft_format = False
+    packable = False   # the prefix columns are prepended to the mask (extend_mask)
 
     def apply(self, model, cfg: PrefixConfig, ctx: ApplyContext):
         layers = attention_modules(model)

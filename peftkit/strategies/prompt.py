@@ -24,6 +24,7 @@ IGNORE = -100
 class PromptStrategy(PeftStrategy):
     name = "prompt"
     can_merge = False
+    packable = False   # peft prepends the virtual tokens to a 2-D attention mask
 
     def peft_config(self, model, cfg, ctx):
         from peft import PromptTuningConfig, PromptTuningInit
