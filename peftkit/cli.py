@@ -105,6 +105,10 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
     result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
     if distributed.is_main():  # one summary, not one per process
         print_summary(result)
+    if (result.get("health") or {}).get("status") == "collapsed":  # warned by the pipeline
+        from peftkit.health import COLLAPSE_EXIT_CODE
+
+        sys.exit(COLLAPSE_EXIT_CODE)
 
 
 @main.command()

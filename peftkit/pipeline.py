@@ -8,8 +8,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit import distributed, rundir, tracking
@@ -18,52 +20,122 @@ from peftkit import distributed, rundir, tracking
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
                resume: bool = False) -> dict:
     """Train and evaluate `recipe`; returns the result record also written to result.json."""
-    from transformers import set_seed
-
-    from peftkit.data.readers import load_raw
-    from peftkit.models import load_model, load_tokenizer, source_of
-    from peftkit.quantization import memory_footprint
-    from peftkit.resume import finished_result, train as train_run
-    from peftkit.strategies import get_strategy
-    from peftkit.strategies.base import ApplyContext, count_parameters
-    from peftkit.tasks import get_task
-    from peftkit.train import (TokenCounter, build_trainer, resolve_precision, set_threads,
-                               total_train_steps)
-
     run_dir = Path(run_dir or rundir.default_run_dir(recipe))
     recipe = absolute_paths(recipe)
     distributed.init()  # under torchrun / accelerate launch only the main process edits the folder
     state, checkpoint = distributed.main_first(
         lambda: prepare_folder(run_dir, recipe, overwrite, resume))
     if state == "finished":  # --resume of a run that already finished: nothing to train
-        return distributed.main_first(lambda: finished_result(run_dir))
-    set_threads(recipe)
-    set_seed(recipe.train.seed)
+        from peftkit.resume import finished_result
 
+        return distributed.main_first(lambda: finished_result(run_dir))
+    from peftkit.train import set_threads
+
+    set_threads(recipe)
+    parts = build(recipe)
+    if distributed.is_main():
+        rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
+    trained, search = settle_learning_rate(recipe, parts, run_dir)
+    result = train_and_test(trained, parts, run_dir, checkpoint)
+    if search is not None:
+        result["lr_search"] = search
+        result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
+    result["health"] = judge(parts, result, run_dir)
+    if distributed.is_main():
+        rundir.write_json(run_dir / rundir.RESULT, result)
+    distributed.barrier()  # the other processes return once the run folder is complete
+    return result
+
+
+@dataclass
+class Build:
+    """What a run is made of before training: data, labels, tokenizer, strategy; fresh models."""
+
+    recipe: object
+    task: object
+    labels: list | None
+    source: object
+    tokenizer: object
+    encoded: object
+    data_stats: dict
+    strategy: object
+    ctx: object
+    precision: str
+
+    def fresh_model(self):
+        """(model with the strategy applied, its callbacks): the same weights for the same seed."""
+        from transformers import set_seed
+
+        from peftkit.models import load_model
+
+        set_seed(self.recipe.train.seed)
+        model = load_model(self.source, self.recipe, self.task, self.labels)
+        model = self.strategy.apply(model, self.recipe.strategy, self.ctx)
+        return model, self.strategy.callbacks(model, self.recipe.strategy, self.ctx)
+
+
+def build(recipe) -> Build:
+    from transformers import set_seed
+
+    from peftkit.data.readers import load_raw
+    from peftkit.models import load_tokenizer, source_of
+    from peftkit.strategies import get_strategy
+    from peftkit.strategies.base import ApplyContext
+    from peftkit.tasks import get_task
+    from peftkit.train import resolve_precision, total_train_steps
+
+    set_seed(recipe.train.seed)
     task = get_task(recipe.task)
     raw = load_raw(recipe, task)
+    dist = check_labels(raw, recipe)
     labels = task.label_names(raw, recipe)
     source = source_of(recipe)
     tokenizer = load_tokenizer(source, recipe)
-    model = load_model(source, recipe, task, labels)
     encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
     if distributed.is_main():
         report_truncation(data_stats, recipe)
-
     quantized = recipe.model.quantization != "none"
-    strategy = get_strategy(recipe.strategy_name)
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
-    model = strategy.apply(model, recipe.strategy, ctx)
+    data_stats["label_counts"] = dist
+    return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
+                 get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized))
+
+
+def settle_learning_rate(recipe, parts: Build, run_dir: Path):
+    """(recipe with a number for train.learning_rate, the search record or None). A resumed run
+    reuses the rate its first part chose (lr_search.json), so it continues the same training."""
+    if recipe.train.learning_rate != "auto":
+        return recipe, None
+    from peftkit.lr_search import FILE, find_learning_rate
+
+    saved = run_dir / FILE
+    if saved.is_file():
+        record = json.loads(saved.read_text(encoding="utf-8"))
+        print(f"learning rate: {record['chosen']:g} (chosen when this run started: {saved})")
+    else:
+        echo = print if distributed.is_main() else (lambda *a, **k: None)
+        record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / "lr_search.tmp",
+                                    echo=echo, world_size=world_size()).record()
+        if distributed.is_main():
+            rundir.write_json(saved, record)
+    train = dataclasses.replace(recipe.train, learning_rate=record["chosen"])
+    return dataclasses.replace(recipe, train=train), record
+
+
+def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
+    """Train with the one Trainer path, evaluate on test, save the weights; the result record."""
+    from peftkit.quantization import memory_footprint
+    from peftkit.resume import train as train_run
+    from peftkit.strategies.base import count_parameters
+    from peftkit.train import TokenCounter, build_trainer
+
+    task, strategy = parts.task, parts.strategy
+    model, callbacks = parts.fresh_model()
     trainable, total = count_parameters(model)
     model_memory_mb = memory_footprint(model) / 2**20  # as stored: int8 / packed NF4 weights are smaller
-    precision = resolve_precision(recipe.train.precision, quantized)
-    if distributed.is_main():
-        rundir.write_recipe(run_dir, recipe)
-
-    trainer = build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir, precision,
-                            strategy.callbacks(model, recipe.strategy, ctx),
-                            report_to=recipe.train.report_to,
+    trainer = build_trainer(recipe, model, parts.tokenizer, task, parts.encoded, parts.labels, run_dir,
+                            parts.precision, callbacks, report_to=recipe.train.report_to,
                             find_unused_parameters=strategy.ddp_find_unused_parameters)
     distributed.check_engine(trainer, strategy)  # FSDP / DeepSpeed from an accelerate config
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
@@ -73,13 +145,14 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     train_seconds = time.perf_counter() - start
     counter.remove()
     real, slots = distributed.all_sum([counter.real, counter.slots])  # every process's batches
-    test_metrics = task.evaluate(trainer, encoded["test"], recipe, labels, "test")
+    test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test")
 
     result = {
         "run_dir": str(run_dir), "task": recipe.task, "strategy": recipe.strategy_name,
-        "strategy_settings": dataclasses.asdict(recipe.strategy), "model": source.label,
+        "strategy_settings": dataclasses.asdict(recipe.strategy), "model": parts.source.label,
         "dataset": recipe.data.name, "quantization": recipe.model.quantization,
-        "precision": precision, "seed": recipe.train.seed,
+        "precision": parts.precision, "seed": recipe.train.seed,
+        "learning_rate": recipe.train.learning_rate,
         "metric": recipe.eval.metric or task.default_metric,
         "test": strip_prefix(test_metrics, "test_"),
         "trainable_params": trainable, "total_params": total,
@@ -92,18 +165,40 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         "world_size": world_size(),
         "effective_batch_size": recipe.train.batch_size * recipe.train.gradient_accumulation_steps
         * world_size(),
-        "examples": {split: len(ds) for split, ds in encoded.items()}, **data_stats,
+        "examples": {split: len(ds) for split, ds in parts.encoded.items()}, **parts.data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
-    saved = (distributed.save_weights(trainer, run_dir, strategy, tokenizer, labels)
+    saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels)
              if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers
-    if trainer.is_world_process_zero():
-        if saved is not None:
-            result["adapter_bytes"] = rundir.dir_size(saved)
-        rundir.write_json(run_dir / rundir.RESULT, result)
+    if trainer.is_world_process_zero() and saved is not None:
+        result["adapter_bytes"] = rundir.dir_size(saved)
+    result["_losses"] = [x["loss"] for x in trainer.state.log_history if "loss" in x]
     tracking.finish(tracker, recipe, result)
-    distributed.barrier()  # the other processes return once the run folder is complete
     return result
+
+
+def judge(parts: Build, result: dict, run_dir: Path) -> dict:
+    """The health record: collapse checks on the test predictions and the loss curve."""
+    from peftkit import health
+
+    losses = result.pop("_losses", [])
+    findings = health.check(result["test"], "test", lr_fix(result)) + health.check_loss(losses)
+    record = health.report(findings, health.stats_of(result["test"]))
+    result["test"] = {k: v for k, v in result["test"].items() if not k.startswith(health.PREFIX)}
+    if findings and distributed.is_main():
+        import click
+
+        click.secho(health.warning_text(findings), fg="red", bold=True, err=True)
+    return record
+
+
+def lr_fix(result: dict) -> str:
+    """The override most likely to rescue a collapsed run, given the rate it trained at."""
+    lr = result["learning_rate"]
+    if "lr_search" in result:
+        return (f"the learning rate {lr:g} was found by a short search; try "
+                f"train.learning_rate={lr / 4:.2g}, or train longer (train.epochs)")
+    return f"lower the learning rate, train.learning_rate={lr / 4:.2g}, or use train.learning_rate=auto"
 
 
 def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tuple[str, str | None]:
@@ -129,6 +224,20 @@ def absolute_paths(recipe):
     if data.kind == "local":
         recipe.data.name, recipe.data.data_dir = data.location, None
     return recipe
+
+
+def check_labels(raw, recipe) -> dict:
+    """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
+    from peftkit.data import labels as checks
+    from peftkit.data.readers import role_sources
+
+    dist = checks.counts(raw, recipe.task, recipe.data.label_names)
+    checks.check_declared(dist, recipe.data.labels, recipe.task, role_sources(recipe))
+    if distributed.is_main() and dist:
+        print("labels: " + "\n        ".join(checks.format_distribution(dist)))
+        for problem in checks.problems(dist):
+            print(f"warning: {problem}")
+    return dist
 
 
 def report_truncation(stats: dict, recipe) -> None:

@@ -58,6 +58,8 @@ class DataSection:
     text_pair_column: str | None = opt(None, "sequence-classification: second text")
     label_column: str = opt("label", "sequence-classification: class label")
     label_names: list[str] | None = opt(None, "sequence-classification: names of integer labels 0..N-1")
+    labels: list[str] | None = opt(None, "the label set (classes, or NER entity types / tags); any "
+                                   "other label in the data is an error naming its file and line")
     prompt_column: str = opt("mr", "causal-lm: the input the model is given")
     target_column: str = opt("ref", "causal-lm: the text the model should produce")
 
@@ -69,7 +71,11 @@ class TrainSection:
     batch_size: int = opt(16, "examples per device per step", min=1)
     eval_batch_size: int = opt(64, "examples per device per evaluation step", min=1)
     gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer step", min=1)
-    learning_rate: float = opt(5e-4, "peak learning rate", gt=0, max=1.0)
+    learning_rate: float | str = opt(5e-4, "peak learning rate, or auto: found on the training data "
+                                     "before the run (peftkit/lr_search.py)", gt=0, max=1.0,
+                                     words=["auto"])
+    lr_search: str = opt("auto", "with learning_rate auto: sweep, range, or auto (the strategy's "
+                         "measured choice)", choices=["auto", "sweep", "range"])
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
     warmup: float = opt(0.06, "warm-up: ratio of steps if < 1, else steps", min=0.0)
     lr_scheduler: str = opt("linear", "learning-rate schedule",
@@ -275,6 +281,15 @@ def build_strategy(raw: Any, problems: list[str]):
 def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[str], default: Any):
     """Type-check and range-check one value; on a problem, record it and keep the default."""
     raw = value  # messages quote what the user wrote (-1, not -1.0)
+    words = f.metadata.get("words", ())
+    if isinstance(value, str) and words:  # a number or a keyword: learning_rate: auto
+        if value in words:
+            return value
+        ok, number = coerce(value, float)
+        if not ok:
+            problems.append(f"{path}: {short(value)} is neither a number nor "
+                            f"{' / '.join(words)}{did_you_mean(value, list(words))}{help_of(f)}")
+            return default
     if value is False and "no" in f.metadata.get("choices", ()):
         value = "no"  # YAML 1.1 reads a bare `no` as false
     ok, value = coerce(value, tp)

@@ -23,6 +23,14 @@ def format_summary(result: dict) -> str:
                        f"{result['train_tokens_per_second']:.0f} tokens/s"),
         ("peak memory", f"{result['peak_memory_mb']:.0f} MB"),
     ]
+    if "lr_search" in result:
+        search = result["lr_search"]
+        rows.append(("learning rate", f"{result['learning_rate']:g} (auto: {search['method']}, "
+                                      f"{len(search['probes'])} probes, {search['seconds']:.0f} s)"))
+    health = result.get("health") or {}
+    if health:
+        rows.append(("health", health["status"] if health["status"] == "ok" else
+                     "COLLAPSED: " + "; ".join(f["kind"] for f in health["findings"])))
     if "adapter_bytes" in result:
         rows.append(("saved weights", f"{result['adapter_bytes'] / 2**20:.2f} MB"))
     width = max(len(k) for k, _ in rows)

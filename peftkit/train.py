@@ -44,7 +44,8 @@ def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
 
 
 def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
-                       find_unused_parameters: bool = False):
+                       find_unused_parameters: bool = False, probe: bool = False):
+    """probe: a learning-rate search run (peftkit.lr_search): no checkpoints, no progress bar."""
     import torch
     from transformers import TrainingArguments
 
@@ -72,7 +73,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         logging_first_step=True,
         eval_strategy=t.eval_every,
         eval_steps=t.eval_steps,
-        save_strategy="steps" if save_by_steps else "epoch",
+        save_strategy="no" if probe else "steps" if save_by_steps else "epoch",
         save_steps=t.save_steps or 500,
         save_total_limit=t.save_total_limit,
         activation_checkpointing=t.gradient_checkpointing,
@@ -80,7 +81,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        disable_tqdm=False,
+        disable_tqdm=probe,
         ddp_find_unused_parameters=find_unused_parameters,  # the strategy's (Strategy docstring)
     )
 
@@ -100,16 +101,19 @@ def metrics_logger(path: Path):
 
 
 def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path, precision: str,
-                  callbacks: list, *, report_to=(), find_unused_parameters: bool = False):
+                  callbacks: list, *, report_to=(), find_unused_parameters: bool = False,
+                  probe: bool = False):
     from peftkit.callbacks import guard_callbacks  # NaN stop, signals, resume state, data order
     from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
 
     args = training_arguments(recipe, run_dir / "checkpoints", precision, report_to,
-                              find_unused_parameters)
+                              find_unused_parameters, probe)
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
     trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
+    metrics, preprocess = (task.probe_metrics() if probe else
+                           (task.compute_metrics(labels, recipe), task.preprocess_logits))
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
         return trainer_cls(
             model=model,
@@ -118,8 +122,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             eval_dataset=encoded["eval"] if recipe.train.eval_every != "no" else None,
             data_collator=task.collator(tokenizer, pad_to_multiple_of=pad_multiple),
             processing_class=tokenizer,
-            compute_metrics=task.compute_metrics(labels, recipe),
-            preprocess_logits_for_metrics=task.preprocess_logits,
+            compute_metrics=metrics,
+            preprocess_logits_for_metrics=preprocess,
             callbacks=[metrics_logger(run_dir / "metrics.jsonl"), *guard_callbacks(recipe), *callbacks],
         )
 

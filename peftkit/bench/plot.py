@@ -63,6 +63,11 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
                     yerr=stds if any(stds) else None, fmt=MARKERS.get(m) or next(spare),
                     color=colors[m], markersize=9, capsize=3, linestyle="none", label=m, zorder=3)
 
+    collapsed = [r for r in rows if r.get("collapsed")]
+    if collapsed:  # a red cross over every collapsed run: its number is not the method's
+        ax.scatter([r["trainable_params"] for r in collapsed], [r["mean"] for r in collapsed],
+                   marker="x", s=220, color="red", linewidths=2.2, zorder=5,
+                   label="collapsed (learned nothing useful)")
     points = [(r["trainable_params"], r["mean"]) for r in rows]
     front = pareto_front(points, better)
     draw_front(ax, [points[i] for i in front], better)

@@ -82,6 +82,7 @@ def base_record(suite, variant) -> dict:
         "test": {}, "trainable_params": None, "total_params": None, "trainable_percent": None,
         "train_seconds": None, "train_steps": None, "tokens_per_second": None,
         "peak_memory_mb": None, "adapter_bytes": None, "versions": {},
+        "health": None, "health_findings": [],  # peftkit.health: "ok" or "collapsed"
         "overrides": variant.overrides, "run_dir": f"runs/{variant.name}",
     }
 
@@ -100,6 +101,10 @@ def finished_record(suite, variant, result: dict) -> dict:
         tokens_per_second=result.get("train_tokens_per_second"),
         peak_memory_mb=result.get("peak_memory_mb"), adapter_bytes=result.get("adapter_bytes"),
         versions=result.get("versions", {}),
+        learning_rate=result.get("learning_rate", rec["learning_rate"]),
+        health=(result.get("health") or {}).get("status"),
+        health_findings=[f"{f['split']}: {f['what']}" for f in (result.get("health") or {})
+                         .get("findings", [])],
     )
     return rec
 
@@ -151,6 +156,9 @@ def group_row(name: str, recs: list[dict]) -> dict:
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else None,
         "errors": [f"{r['variant']}: {r['error']}" for r in recs if r["status"] == "failed"],
+        "collapsed": sum(r.get("health") == "collapsed" for r in ok),
+        "warnings": [f"{r['variant']}: {w}" for r in ok for w in r.get("health_findings", [])],
+        "learning_rates": sorted({r["learning_rate"] for r in ok if isinstance(r.get("learning_rate"), float)}),
         **{key: mean_of(ok, key) for key in ("trainable_params", "total_params", "trainable_percent",
                                              "train_seconds", "tokens_per_second", "peak_memory_mb",
                                              "adapter_bytes")},
@@ -219,23 +227,32 @@ def format_table(rows: list[dict]) -> str:
     """The results table (Markdown, readable as plain text too), followed by any failures."""
     metric = next((r["metric"] for r in rows if r["mean"] is not None), None) or "metric"
     several = any(r["runs"] > 1 for r in rows)
-    head = ["#", "variant", "method", metric, "trainable", "% trainable", "train time",
+    head = ["#", "variant", "method", metric, "lr", "trainable", "% trainable", "train time",
             "tokens/s", "peak memory", "saved size"] + (["runs"] if several else [])
     body = []
     for i, r in enumerate(rows, 1):
         if r["mean"] is None:
             body.append(["–", r["variant"], r["method"], "failed"] + ["–"] * (len(head) - 4))
             continue
-        cells = [str(i), r["variant"], r["method"], metric_text(r["mean"], r["std"]),
+        value = metric_text(r["mean"], r["std"]) + (" COLLAPSED" if r.get("collapsed") else "")
+        cells = [str(i), r["variant"], r["method"], value, lr_text(r.get("learning_rates")),
                  human_count(r["trainable_params"]), percent(r["trainable_percent"]),
                  seconds(r["train_seconds"]), number(r["tokens_per_second"]),
                  megabytes(r["peak_memory_mb"]), size(r["adapter_bytes"])]
         body.append(cells + ([str(r["runs"])] if several else []))
     text = [markdown_table(head, body, right={0, *range(3, len(head))})]
+    warnings = [w for r in rows for w in r.get("warnings", [])]
+    if warnings:
+        text += ["", "COLLAPSED runs (trained, learned nothing useful; peftkit.health):"]
+        text += [f"- {first_line(w)}" for w in warnings]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         text += ["", "Failed runs:"] + [f"- {first_line(e)}" for e in errors]
     return "\n".join(text)
+
+
+def lr_text(rates) -> str:
+    return ", ".join(f"{x:.2g}" for x in rates) if rates else "–"
 
 
 def markdown_table(head: list[str], body: list[list[str]], right: set[int]) -> str:

@@ -73,6 +73,13 @@ def bench(suite, overrides, out, force, dry_run, compare, nproc):
         click.secho(f"{failed} of {len(parsed.variants)} runs failed (errors in results.md and "
                     f"{out}/runs/<variant>/error.json)", fg="red", err=True)
         sys.exit(1)
+    collapsed = sum(r.get("health") == "collapsed" for r in records)
+    if collapsed:
+        from peftkit.health import COLLAPSE_EXIT_CODE
+
+        click.secho(f"{collapsed} of {len(parsed.variants)} runs trained but learned nothing useful "
+                    "(marked COLLAPSED in results.md and pareto.png; docs/errors.md)", fg="red", err=True)
+        sys.exit(COLLAPSE_EXIT_CODE)
 
 
 def describe(suite) -> str:

@@ -46,6 +46,12 @@ class Strategy:
     # after training; task heads train or are frozen (DDP skips frozen ones). Checked for every
     # strategy by tests/test_distributed.py; False keeps DDP's cheaper path.
     ddp_find_unused_parameters: bool = False
+    # train.learning_rate: auto (peftkit/lr_search.py): the range this method's good rates lie in
+    # on small encoders and decoders (benchmarks/RESULTS.md#robustness), how to search it, and the
+    # rate a run too short to search falls back to
+    lr_range: tuple[float, float] = (1e-4, 5e-3)
+    lr_search: str = "sweep"
+    default_lr: float = 1e-3
 
     def apply(self, model, cfg, ctx: ApplyContext):
         raise NotImplementedError

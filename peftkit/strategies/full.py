@@ -9,6 +9,8 @@ from peftkit.strategies.base import Strategy
 
 class FullStrategy(Strategy):
     name = "full"
+    lr_range = (1e-5, 3e-4)
+    default_lr = 5e-5
 
     def apply(self, model, cfg, ctx):
         for p in model.parameters():

@@ -21,6 +21,8 @@ DEFAULTS = {t: (r".*\.(key|value|layer\.\d+\.output\.dense)$", r".*\.layer\.\d+\
 class IA3Strategy(PeftStrategy):
     name = "ia3"
     can_merge = True
+    lr_range = (1e-3, 5e-2)
+    default_lr = 1e-2
 
     def peft_config(self, model, cfg, ctx):
         from peft import IA3Config

@@ -254,6 +254,8 @@ class PrefixStrategy(Strategy):
     can_merge = False
     peft_format = False
     packable = False   # the prefix columns are prepended to the mask (extend_mask)
+    lr_range = (1e-3, 5e-2)
+    default_lr = 1e-2
 
     def apply(self, model, cfg: PrefixConfig, ctx: ApplyContext):
         layers = attention_modules(model)

@@ -25,6 +25,8 @@ class PromptStrategy(PeftStrategy):
     name = "prompt"
     can_merge = False
     packable = False   # peft prepends the virtual tokens to a 2-D attention mask
+    lr_range = (3e-3, 1e-1)
+    default_lr = 3e-2
 
     def peft_config(self, model, cfg, ctx):
         from peft import PromptTuningConfig, PromptTuningInit

@@ -36,6 +36,13 @@ class Task:
             logits = logits[0]
         return logits.argmax(dim=-1)
 
+    def probe_metrics(self):
+        """(compute_metrics, preprocess_logits) of a learning-rate probe (peftkit/lr_search.py):
+        the held-back loss averaged over gold classes, so that the rare classes (entities on a
+        mostly-O set, the minority of an imbalanced one) weigh as much as the frequent one. A
+        model that learned only the majority class has a low plain loss and a high balanced one."""
+        return balanced_loss, gold_nll
+
     def evaluate(self, trainer, dataset, recipe, labels, prefix: str) -> dict:
         """Metrics on one encoded split, keys prefixed (e.g. test_f1)."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
@@ -50,3 +57,26 @@ def tokenize_splits(raw, encode_batch):
                       desc="tokenizing")
     stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
     return encoded.remove_columns("truncated"), stats
+
+
+IGNORE = -100
+
+
+def gold_nll(logits, labels):
+    """Per-position -log p(gold label); 0 where the label is ignored (sub-tokens, padding)."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    logits = logits[..., -labels.shape[-1]:, :] if logits.dim() == 3 else logits  # virtual tokens
+    logp = logits.float().log_softmax(-1)
+    nll = -logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return nll.masked_fill(labels == IGNORE, 0.0)
+
+
+def balanced_loss(pred) -> dict:
+    """The mean over gold classes of each class's mean loss (EvalPrediction of gold_nll)."""
+    import numpy as np
+
+    nll, gold = np.asarray(pred.predictions, dtype=float), np.asarray(pred.label_ids)
+    keep = gold != IGNORE
+    per_class = [nll[keep & (gold == c)].mean() for c in np.unique(gold[keep])]
+    return {"balanced_loss": float(np.mean(per_class)) if per_class else float("nan")}

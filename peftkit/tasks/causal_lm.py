@@ -58,6 +58,10 @@ class CausalLM(Task):
         # prompt tuning prepends virtual tokens: keep the positions that have labels
         return logits[:, -labels.shape[1]:].argmax(dim=-1)
 
+    def probe_metrics(self):
+        """A decoder's probe is scored by its held-back loss alone (every token is a class)."""
+        return None, None
+
     def compute_metrics(self, labels, recipe):
         def compute(pred):
             return {"token_accuracy": next_token_accuracy(pred.predictions, pred.label_ids)}
@@ -74,7 +78,10 @@ class CausalLM(Task):
             predictions = generate(trainer.model, trainer.processing_class, prompt_ids, recipe)
         from peftkit.metrics import generation_scores
 
-        scores = {f"{prefix}_{k}": v for k, v in generation_scores(predictions, references).items()}
+        from peftkit.health import generation_stats
+
+        scores = {f"{prefix}_{k}": v for k, v in {**generation_scores(predictions, references),
+                                                  **generation_stats(predictions)}.items()}
         metrics.update(scores)
         trainer.log({k: v for k, v in metrics.items() if k in scores or k.endswith("_perplexity")})
         if trainer.is_world_process_zero():

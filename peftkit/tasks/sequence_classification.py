@@ -23,7 +23,11 @@ class SequenceClassification(Task):
             return list(feature_names)
         values = {split: set(raw[split]["label"]) for split in raw}
         given = getattr(recipe.data, "label_names", None)
-        return names_from_values(values, given)
+        names = names_from_values(values, given)
+        declared = recipe.data.labels
+        if declared and set(names) <= set(declared):  # the declared order (ids) and set
+            return list(declared)
+        return names
 
     def encode(self, raw, tokenizer, recipe, labels):
         label_id = {name: i for i, name in enumerate(labels)}
@@ -46,11 +50,13 @@ class SequenceClassification(Task):
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def compute_metrics(self, labels, recipe):
+        from peftkit.health import class_stats
         from peftkit.metrics import classification_scores
 
         def compute(pred):
             preds = pred.predictions[0] if isinstance(pred.predictions, tuple) else pred.predictions
-            return classification_scores(list(pred.label_ids), list(preds), len(labels))
+            true, predicted = [int(x) for x in pred.label_ids], [int(x) for x in preds]
+            return {**classification_scores(true, predicted, len(labels)), **class_stats(true, predicted)}
 
         return compute
 

@@ -20,6 +20,10 @@ class TokenClassification(Task):
 
     def label_names(self, raw, recipe) -> list[str]:
         seen = {t for tags in raw["train"]["tags"] for t in tags}
+        if recipe.data.labels:  # declared: checked against the data before this (data/labels.py)
+            from peftkit.data.labels import declared_set
+
+            seen |= declared_set(recipe.data.labels, self.name)
         labels = ["O"] + sorted(seen - {"O"}, key=lambda t: (t[2:], t[:1]))
         for split in raw:
             unseen = {t for tags in raw[split]["tags"] for t in tags} - seen
@@ -52,11 +56,12 @@ class TokenClassification(Task):
         return DataCollatorForTokenClassification(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
     def compute_metrics(self, labels, recipe):
+        from peftkit.health import token_stats
         from peftkit.metrics import entity_scores
 
         def compute(pred):
             true_tags, pred_tags = to_tag_sequences(pred.predictions, pred.label_ids, labels)
-            return entity_scores(true_tags, pred_tags)
+            return {**entity_scores(true_tags, pred_tags), **token_stats(true_tags, pred_tags)}
 
         return compute
 
