@@ -105,7 +105,8 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
     result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
     if distributed.is_main():  # one summary, not one per process
         print_summary(result)
-    if (result.get("health") or {}).get("status") == "collapsed":  # warned by the pipeline
+    if (result.get("health") or {}).get("status") == "collapsed" and parsed.eval.fail_on_collapse \
+            and not distributed.launched_by_peftkit():  # --nproc: the parent says it, once
         from peftkit.health import COLLAPSE_EXIT_CODE
 
         sys.exit(COLLAPSE_EXIT_CODE)

@@ -140,6 +140,7 @@ def launch_env(nproc: int) -> dict:
     """torchrun sets OMP_NUM_THREADS=1 for every worker when it is unset; on CPU the cores are the
     workers' to share, so give each its part instead (the user's own setting wins)."""
     env = dict(os.environ)
+    env[LAUNCHED_ENV] = "1"  # the workers leave the collapse exit code to this parent (cli.run)
     if "OMP_NUM_THREADS" not in env:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
         env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
@@ -166,6 +167,25 @@ def launch(nproc: int, args: list[str]) -> int:
             signal.signal(s, handler)
 
 
+LAUNCHED_ENV = "PEFTKIT_LAUNCHED"
+
+
+def launched_by_peftkit() -> bool:
+    return os.environ.get(LAUNCHED_ENV) == "1"
+
+
+def collapsed(run_dir) -> bool:
+    """The finished run in `run_dir` trained but learned nothing useful (peftkit.health)."""
+    import json
+    from pathlib import Path
+
+    try:
+        result = json.loads((Path(run_dir) / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (result.get("health") or {}).get("status") == "collapsed"
+
+
 def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool, resume: bool) -> int:
     """`peftkit run ... --nproc N`: the same command, without --nproc, in N processes."""
     from pathlib import Path
@@ -181,7 +201,12 @@ def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool,
     rundir.prepare(Path(out or rundir.default_run_dir(parsed)), overwrite, resume)
     args = ["run", str(recipe), *overrides, *(["--out", str(out)] if out else []),
             *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else [])]
-    return launch(nproc, args)
+    code = launch(nproc, args)
+    if code == 0 and parsed.eval.fail_on_collapse and collapsed(out or rundir.default_run_dir(parsed)):
+        from peftkit.health import COLLAPSE_EXIT_CODE
+
+        return COLLAPSE_EXIT_CODE
+    return code
 
 
 def run_in_processes(recipe, run_dir, nproc: int) -> dict:

@@ -34,8 +34,6 @@ class Finding:
     what: str        # what happened, with the figures
     fix: str         # what to try, with the exact override where there is one
 
-    def line(self) -> str:
-        return f"{self.split}: {self.what}"
 
 
 # ---------------------------------------------------------------- statistics (in compute_metrics)
@@ -132,14 +130,17 @@ def report(findings: list[Finding], checked: dict) -> dict:
             "findings": [asdict(f) for f in findings], "checked": checked}
 
 
-def stats_of(metrics: dict) -> dict:
-    """The prediction statistics inside a metrics dict (kept out of score tables)."""
-    return {k: v for k, v in metrics.items() if PREFIX in k}
+def split_metrics(metrics: dict, split: str, lr_hint: str = "", losses=()) -> tuple[dict, dict]:
+    """(the scores without the prediction statistics, the health record) of one evaluation."""
+    stats = {k.removeprefix(f"{split}_"): v for k, v in metrics.items() if PREFIX in k}
+    scores = {k: v for k, v in metrics.items() if PREFIX not in k}
+    findings = check(metrics, split, lr_hint) + check_loss(list(losses))
+    return scores, report(findings, stats)
 
 
-def warning_text(findings: list[Finding]) -> str:
-    lines = ["WARNING: the run trained but learned nothing useful:"]
+def warning_text(findings: list[dict], head: str = "the run trained but learned nothing useful") -> str:
+    lines = [f"WARNING: {head}:"]
     for f in findings:
-        lines += [f"  - {f.line()}", f"    fix: {f.fix}"]
+        lines += [f"  - {f['split']}: {f['what']}", f"    fix: {f['fix']}"]
     lines.append(f"  (result.json records health; exit code {COLLAPSE_EXIT_CODE}: docs/errors.md)")
     return "\n".join(lines)

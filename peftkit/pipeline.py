@@ -36,13 +36,14 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     if distributed.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
     trained, search = settle_learning_rate(recipe, parts, run_dir)
-    result = train_and_test(trained, parts, run_dir, checkpoint)
+    result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
     if search is not None:
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
     result["health"] = judge(parts, result, run_dir)
     if distributed.is_main():
-        rundir.write_json(run_dir / rundir.RESULT, result)
+        rundir.write_json(run_dir / rundir.RESULT, result)  # last: it marks the run finished
+    tracking.finish(tracker, trained, result)
     distributed.barrier()  # the other processes return once the run folder is complete
     return result
 
@@ -124,7 +125,7 @@ def settle_learning_rate(recipe, parts: Build, run_dir: Path):
 
 
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
-    """Train with the one Trainer path, evaluate on test, save the weights; the result record."""
+    """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
     from peftkit.quantization import memory_footprint
     from peftkit.resume import train as train_run
     from peftkit.strategies.base import count_parameters
@@ -173,22 +174,19 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     if trainer.is_world_process_zero() and saved is not None:
         result["adapter_bytes"] = rundir.dir_size(saved)
     result["_losses"] = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    tracking.finish(tracker, recipe, result)
-    return result
+    return result, tracker
 
 
 def judge(parts: Build, result: dict, run_dir: Path) -> dict:
     """The health record: collapse checks on the test predictions and the loss curve."""
     from peftkit import health
 
-    losses = result.pop("_losses", [])
-    findings = health.check(result["test"], "test", lr_fix(result)) + health.check_loss(losses)
-    record = health.report(findings, health.stats_of(result["test"]))
-    result["test"] = {k: v for k, v in result["test"].items() if not k.startswith(health.PREFIX)}
-    if findings and distributed.is_main():
+    result["test"], record = health.split_metrics(result["test"], "test", lr_fix(result),
+                                                  result.pop("_losses", []))
+    if record["findings"] and distributed.is_main():
         import click
 
-        click.secho(health.warning_text(findings), fg="red", bold=True, err=True)
+        click.secho(health.warning_text(record["findings"]), fg="red", bold=True, err=True)
     return record
 
 

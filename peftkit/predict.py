@@ -106,9 +106,13 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
         trainer = build_trainer(recipe, loaded.model, loaded.tokenizer, loaded.task, encoded,
                                 loaded.labels, Path(tmp), precision, [])
         metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test")
+    from peftkit.health import split_metrics
+
+    scores, health = split_metrics(metrics, "test")
     return {"folder": str(path), "data": recipe.data.name, "split": recipe.data.test_split,
             "examples": len(test), "metric": recipe.eval.metric or loaded.task.default_metric,
-            "precision": precision, "test": {k.removeprefix("test_"): v for k, v in metrics.items()}}
+            "precision": precision, "test": {k.removeprefix("test_"): v for k, v in scores.items()},
+            "health": health}
 
 
 def encode_split(loaded: Loaded, recipe):

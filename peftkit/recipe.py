@@ -103,6 +103,8 @@ class EvalSection:
     metric: str | None = opt(None, "metric that ranks runs (null: the task's default)")
     max_new_tokens: int = opt(64, "causal-lm: tokens generated per example", min=1)
     num_beams: int = opt(1, "causal-lm: beam width", min=1)
+    fail_on_collapse: bool = opt(True, "exit with code 3 when the run learned nothing useful "
+                                 "(peftkit/health.py); false: warn and record it, exit 0")
 
 
 @dataclass

@@ -73,7 +73,8 @@ def bench(suite, overrides, out, force, dry_run, compare, nproc):
         click.secho(f"{failed} of {len(parsed.variants)} runs failed (errors in results.md and "
                     f"{out}/runs/<variant>/error.json)", fg="red", err=True)
         sys.exit(1)
-    collapsed = sum(r.get("health") == "collapsed" for r in records)
+    fail = {v.name for v in parsed.variants if v.recipe.eval.fail_on_collapse}
+    collapsed = sum(r.get("health") == "collapsed" and r["variant"] in fail for r in records)
     if collapsed:
         from peftkit.health import COLLAPSE_EXIT_CODE
 

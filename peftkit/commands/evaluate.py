@@ -40,3 +40,8 @@ def eval_cmd(folder, overrides, data, split, max_samples, as_json):
     width = max(len(k) for k in rows)
     for k, v in rows.items():
         click.echo(f"  {k:<{width}}  {v:.4f}" if isinstance(v, float) else f"  {k:<{width}}  {v}")
+    if report["health"]["findings"]:
+        from peftkit.health import warning_text
+
+        click.secho(warning_text(report["health"]["findings"], "the model's predictions on this "
+                                 "data look collapsed"), fg="red", err=True)
