@@ -3,10 +3,10 @@
 Each set stresses one default the way a new user's data does:
 
     conll-1k       CoNLL-2003, 1,000 training sentences (a seeded sample): little data
-    conll-sparse   CoNLL-2003, only MISC kept, other entities turned into O (> 95% of tokens O)
+    conll-sparse   CoNLL-2003, 1,500 sentences, only MISC kept, other entities O (98% of tokens O)
     sst2-500       SST-2, 500 training sentences
-    sst2-imbalanced SST-2, 1,800 positive + 200 negative training sentences (90/10), balanced test
-    e2e-food       E2E NLG references labelled with their meaning representation's food (7 classes)
+    sst2-imbalanced SST-2, 900 positive + 100 negative training sentences (90/10), balanced test
+    e2e-food       1,000 E2E NLG references labelled with their meaning representation's food (7 classes)
     e2e-small      E2E NLG, 300 references for causal LM
 
     python benchmarks/stress_sets.py OUT_DIR [--data ../shared/data]    # writes OUT_DIR/<set>/
@@ -59,12 +59,12 @@ def sample(rows: list, n: int, rng: random.Random) -> list:
 def conll_sets(data: Path, out: Path) -> dict:
     rng = random.Random(SEED)
     train = read_conll(data / "conll2003" / "train.txt")
-    test = sample(read_conll(data / "conll2003" / "test.txt"), 1500, rng)
+    test = sample(read_conll(data / "conll2003" / "test.txt"), 800, rng)
     rng.shuffle(train)
     made = {}
     for name, tr, dev, te in (
             ("conll-1k", train[:1000], train[1000:1300], test),
-            ("conll-sparse", keep_only(train[:3000], "MISC"), keep_only(train[3000:3400], "MISC"),
+            ("conll-sparse", keep_only(train[:1500], "MISC"), keep_only(train[3000:3400], "MISC"),
              keep_only(test, "MISC"))):
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ def sst2_sets(data: Path, out: Path) -> dict:
     neg = [r for r in train if r[1] == 0]
     made = {}
     for name, tr, dev in (("sst2-500", train[:500], train[500:800]),
-                          ("sst2-imbalanced", pos[:1800] + neg[:200], pos[1800:2070] + neg[200:230])):
+                          ("sst2-imbalanced", pos[:900] + neg[:100], pos[900:1170] + neg[100:130])):
         rng.shuffle(tr)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,12 +123,12 @@ def e2e_sets(data: Path, out: Path) -> dict:
     made = {}
     labelled = [(ref, attribute(mr, "food")) for mr, ref in train if attribute(mr, "food")]
     rng.shuffle(labelled)
-    test_food = sample([(ref, attribute(mr, "food")) for mr, ref in test if attribute(mr, "food")], 1000, rng)
+    test_food = sample([(ref, attribute(mr, "food")) for mr, ref in test if attribute(mr, "food")], 600, rng)
     folder = out / "e2e-food"
     folder.mkdir(parents=True, exist_ok=True)
-    for split, rows in (("train", labelled[:2000]), ("validation", labelled[2000:2300]), ("test", test_food)):
+    for split, rows in (("train", labelled[:1000]), ("validation", labelled[2000:2300]), ("test", test_food)):
         write_jsonl(folder / f"{split}.jsonl", [{"sentence": s, "label": y} for s, y in rows])
-    made["e2e-food"] = {"task": CLS, "train": 2000, "classes": len({y for _, y in labelled[:2000]})}
+    made["e2e-food"] = {"task": CLS, "train": 1000, "classes": len({y for _, y in labelled[:1000]})}
     # causal LM: 300 training references, 40 held-back references, 24 test meaning representations
     rng.shuffle(train)
     mrs = sorted({mr for mr, _ in test})

@@ -14,7 +14,7 @@ The thresholds are deliberately far from any healthy run (tests/test_health.py c
 - classification: >= 95% of predictions in one class while the gold majority class is <= 85%, or
   accuracy within two standard errors of always answering the gold majority class;
 - generation: most outputs empty, or one output for most of >= 4 distinct inputs;
-- loss: the training loss ends within 2% of where it started (>= 4 logged values).
+- loss: the training loss ends within 2% of where it started, or above it (>= 4 logged values).
 Torch-free: it reads numbers, not models.
 """
 
@@ -29,7 +29,7 @@ PREFIX = "health_"   # metric keys with prediction statistics (not scores: bench
 
 @dataclass
 class Finding:
-    kind: str        # all-O | no-entity | one-class | chance | empty-output | same-output | flat-loss
+    kind: str        # all-O | no-entity | one-class | chance | empty-output | same-output | flat/rising-loss
     split: str
     what: str        # what happened, with the figures
     fix: str         # what to try, with the exact override where there is one
@@ -116,6 +116,10 @@ def check_loss(losses: list[float], split: str = "train") -> list[Finding]:
         return []
     tail = losses[-max(1, len(losses) // 4):]
     start, end = losses[0], sum(tail) / len(tail)
+    if start > 0 and end > 1.02 * start:
+        return [Finding("rising-loss", split,
+                        f"the training loss rose ({start:.4f} at the start, {end:.4f} at the end)",
+                        "lower train.learning_rate (e.g. 10x) or set train.learning_rate=auto")]
     if start > 0 and end > 0.98 * start:
         return [Finding("flat-loss", split,
                         f"the training loss stayed flat ({start:.4f} at the start, {end:.4f} at the "

@@ -42,6 +42,8 @@ from transformers import TrainerCallback
 SEARCH_SHARE = 0.15   # of the run's training example passes (issue 15: "at most ~15%")
 EVAL_COST = 1.0       # an evaluated example, in trained-example passes (padded batches on CPU)
 DAMAGE = 0.05         # a rate may raise the held-back balanced loss this much (relative), no more
+MIN_STEPS = 6         # probes shorter than this miss the damage (3-step probes let an adapter rate
+                      # through that collapsed the run): fewer candidates instead
 RANGE_DIVISOR = 4.0   # range test: the chosen rate is the best-loss rate / RANGE_DIVISOR
 FILE = "lr_search.json"
 
@@ -62,6 +64,7 @@ class Search:
     heldback: int
     trained_on: int
     budget_passes: int
+    probe_batch_size: int
     used_passes: int = 0
     seconds: float = 0.0
     chosen: float | None = None
@@ -72,10 +75,11 @@ class Search:
         return asdict(self)
 
 
-def held_back(train, seed: int):
-    """(search slice, held-back examples): 10% of the training split, 32 to 128 examples."""
+def held_back(train, seed: int, budget: int):
+    """(search slice, held-back examples): 10% of the training split, 32 to 128 examples, and no
+    more than an eighth of the search budget (four evaluations of it cost half the budget)."""
     n = len(train)
-    k = min(128, max(32, n // 10))
+    k = min(128, max(32, n // 10), max(32, budget // 8))
     if n < 2 * k:
         k = n // 3
     shuffled = train.shuffle(seed=seed)
@@ -88,6 +92,13 @@ def candidates(low: float, high: float, n: int = 5) -> list[float]:
     return [float(f"{low * ratio ** i:.2g}") for i in range(n)]
 
 
+def probe_batch(batch_size: int) -> int:
+    """Probes train with a quarter of the run's batch: four times the optimizer steps for the same
+    cost, and a rate's damage shows per step. Conservative: under Adam a step's size does not grow
+    with the batch, and a rate that is safe for noisy small batches is safe for larger ones."""
+    return max(4, batch_size // 4)
+
+
 def budget_passes(total_steps: int, examples_per_step: int) -> int:
     return int(SEARCH_SHARE * total_steps * examples_per_step)
 
@@ -98,7 +109,7 @@ def sweep(probe, lrs: list[float], budget: int, per_step: int, heldback: int, se
     """Every candidate s steps; the admissible one (module docstring) with the lowest plain loss."""
     evals = (len(lrs) + 1) * heldback * EVAL_COST      # + the untrained model's
     steps = int((budget - evals) // (len(lrs) * per_step))
-    if steps < 3:
+    if steps < MIN_STEPS:  # a rate's damage to the rare classes shows after a few steps, not at once
         lrs = lrs[::2]                                 # 3 candidates, longer probes
         steps = int((budget - (len(lrs) + 1) * heldback * EVAL_COST) // (len(lrs) * per_step))
     if steps < 3:
@@ -173,10 +184,13 @@ def find_learning_rate(recipe, build, total_steps: int, work_dir: Path, echo=pri
     method = recipe.train.lr_search
     if method == "auto":
         method = strategy.lr_search
-    per_step = recipe.train.batch_size * recipe.train.gradient_accumulation_steps * world_size
-    train, heldback = held_back(build.encoded["train"], recipe.train.seed)
+    budget = budget_passes(total_steps, recipe.train.batch_size
+                           * recipe.train.gradient_accumulation_steps * world_size)
+    per_step = probe_batch(recipe.train.batch_size) * recipe.train.gradient_accumulation_steps \
+        * world_size
+    train, heldback = held_back(build.encoded["train"], recipe.train.seed, budget)
     search = Search(method=method, range=(low, high), heldback=len(heldback), trained_on=len(train),
-                    budget_passes=budget_passes(total_steps, per_step))
+                    budget_passes=budget, probe_batch_size=probe_batch(recipe.train.batch_size))
     runner = ProbeRunner(recipe, build, train, heldback, work_dir, search, per_step)
     echo(f"learning rate: searching {low:g}..{high:g} ({method}) on {len(train)} training examples, "
          f"scored on {len(heldback)} held-back ones, within {SEARCH_SHARE:.0%} of the run")
@@ -219,6 +233,7 @@ class ProbeRunner:
         from peftkit.train import build_trainer
 
         t = dataclasses.replace(self.recipe.train, learning_rate=lr, max_steps=steps,
+                                batch_size=probe_batch(self.recipe.train.batch_size),
                                 lr_scheduler=schedule, warmup=0.1 if schedule != "constant" else 0.0,
                                 eval_every="steps" if eval_every else "no", eval_steps=eval_every,
                                 logging_steps=max(1, steps // 4), report_to=[])

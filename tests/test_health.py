@@ -1,0 +1,127 @@
+"""Collapse detection (peftkit.health): fires on collapsed predictions, stays silent on healthy ones,
+and a collapsed run exits with code 3 after writing its folder, while a healthy one exits 0."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from peftkit import health
+from peftkit.health import check, check_loss, class_stats, generation_stats, token_stats
+
+
+def kinds(findings) -> list[str]:
+    return [f.kind for f in findings]
+
+
+def ner_metrics(gold, pred, f1):
+    return {"test_f1": f1, **{f"test_{k}": v for k, v in token_stats(gold, pred).items()}}
+
+
+GOLD = [["B-PER", "I-PER", "O", "O", "B-LOC"], ["O", "O", "B-MISC", "O", "O"]] * 20
+
+
+def test_all_o_predictions_are_a_collapse():
+    all_o = [["O"] * len(s) for s in GOLD]
+    assert kinds(check(ner_metrics(GOLD, all_o, 0.0), "test")) == ["all-O"]
+
+
+def test_predictions_with_entities_but_none_right_are_a_collapse():
+    wrong = [["O", "O", "B-PER", "I-PER", "O"], ["B-LOC", "O", "O", "O", "O"]] * 20
+    assert kinds(check(ner_metrics(GOLD, wrong, 0.0), "test")) == ["no-entity"]
+
+
+def test_a_healthy_ner_model_is_not_flagged_even_when_it_misses_some_entities():
+    partly = [["B-PER", "I-PER", "O", "O", "O"], ["O", "O", "B-MISC", "O", "O"]] * 20
+    assert check(ner_metrics(GOLD, partly, 0.67), "test") == []
+    # a sparse set (2% entity tokens) and a model that finds a third of them: not a collapse
+    sparse_gold = [["O"] * 49 + ["B-MISC"]] * 30
+    sparse_pred = [["O"] * 50] * 20 + [["O"] * 49 + ["B-MISC"]] * 10
+    assert check(ner_metrics(sparse_gold, sparse_pred, 0.5), "test") == []
+
+
+def test_no_entities_in_the_gold_labels_is_not_a_collapse():
+    nothing = [["O"] * 5] * 10
+    assert check(ner_metrics(nothing, nothing, 0.0), "test") == []
+
+
+def cls_metrics(true, pred):
+    acc = sum(t == p for t, p in zip(true, pred)) / len(true)
+    return {"test_accuracy": acc, **{f"test_{k}": v for k, v in class_stats(true, pred).items()}}
+
+
+def test_one_class_predictions_on_balanced_gold_are_a_collapse():
+    true = [0, 1] * 100
+    assert kinds(check(cls_metrics(true, [1] * 200), "test")) == ["one-class"]
+
+
+def test_accuracy_at_the_majority_baseline_is_chance():
+    true = [0, 1] * 100
+    coin = [0, 0, 1, 1] * 50  # half right: what guessing gets
+    assert kinds(check(cls_metrics(true, coin), "test")) == ["chance"]
+
+
+def test_a_healthy_classifier_is_not_flagged():
+    true = [0, 1] * 100
+    good = [0, 1] * 80 + [1, 0] * 20  # 80% right
+    assert check(cls_metrics(true, good), "test") == []
+    # imbalanced gold (90/10) and a model that mostly says the majority but beats the baseline
+    true = [0] * 180 + [1] * 20
+    pred = [0] * 180 + [1] * 15 + [0] * 5
+    assert check(cls_metrics(true, pred), "test") == []
+
+
+def test_generation_collapse_empty_and_repeated_outputs():
+    assert kinds(check({f"test_{k}": v for k, v in generation_stats(["", "", "", "x", ""]).items()},
+                       "test")) == ["empty-output"]
+    same = generation_stats(["The Eagle is a pub."] * 8 + ["A", "B"])
+    assert kinds(check({f"test_{k}": v for k, v in same.items()}, "test")) == ["same-output"]
+    varied = generation_stats([f"The place number {i} is a pub." for i in range(10)])
+    assert check({f"test_{k}": v for k, v in varied.items()}, "test") == []
+
+
+def test_flat_and_falling_losses():
+    assert kinds(check_loss([0.69, 0.70, 0.69, 0.70, 0.69, 0.70, 0.69, 0.69])) == ["flat-loss"]
+    assert check_loss([2.3, 1.2, 0.8, 0.5, 0.4, 0.35, 0.3, 0.3]) == []
+    assert check_loss([0.7, 0.7]) == []  # too few points to judge
+
+
+def test_split_metrics_keeps_statistics_out_of_the_scores():
+    metrics = ner_metrics(GOLD, [["O"] * 5] * 40, 0.0)
+    scores, record = health.split_metrics(metrics, "test")
+    assert not any("health" in k for k in scores) and scores["test_f1"] == 0.0
+    assert record["status"] == "collapsed" and record["findings"][0]["kind"] == "all-O"
+    assert record["checked"]["health_pred_entity_share"] == 0.0
+
+
+# ---------------------------------------------------------------- the run's exit code
+
+def sentiment_recipe(model_dir, run_dir, lr: float, epochs: float) -> dict:
+    return {"task": "sequence-classification", "model": {"name": str(model_dir)},
+            "strategy": {"name": "full"},
+            "data": {"name": "demo-sentiment", "max_length": 32, "max_train_samples": 320,
+                     "max_eval_samples": 16, "max_test_samples": 120},
+            "train": {"epochs": epochs, "batch_size": 16, "learning_rate": lr, "precision": "fp32",
+                      "logging_steps": 2, "eval_every": "no"},
+            "output": {"dir": str(run_dir)}}
+
+
+@pytest.mark.parametrize("lr, epochs, healthy", [(0.5, 1, False), (1e-3, 8, True)])
+def test_a_collapsed_run_exits_3_with_the_warning_and_a_healthy_one_exits_0(
+        lr, epochs, healthy, tiny_bert_dir, tmp_path):
+    from peftkit.cli import main
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump(sentiment_recipe(tiny_bert_dir, tmp_path / "run", lr, epochs)))
+    out = CliRunner().invoke(main, ["run", str(recipe)])
+    result = json.loads((tmp_path / "run" / "result.json").read_text())  # the folder is complete
+    if healthy:
+        assert out.exit_code == 0, out.output
+        assert result["health"]["status"] == "ok" and "WARNING" not in out.output
+    else:
+        assert out.exit_code == health.COLLAPSE_EXIT_CODE, out.output
+        assert result["health"]["status"] == "collapsed"
+        assert "learned nothing useful" in out.output and "train.learning_rate=" in out.output
