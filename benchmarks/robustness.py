@@ -34,7 +34,9 @@ def suite_for(name: str, spec: dict, config: dict, data_dir: Path, only: set[str
     if spec["task"] == "sequence-classification":
         overrides.update(config.get("classification_overrides", {}))
     overrides.update(spec.get("overrides", {}))
-    variants = [{"name": r.stem, "base": str(r)} for r in recipes if not only or r.stem in only]
+    skip = set(spec.get("skip", []))
+    variants = [{"name": r.stem, "base": str(r)} for r in recipes
+                if (not only or r.stem in only) and r.stem not in skip]
     return {"name": name, "description": f"robustness matrix: {name}", "overrides": overrides,
             "variants": variants}
 

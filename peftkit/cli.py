@@ -115,18 +115,25 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
 @main.command()
 @click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("-o", "--override", "overrides", multiple=True, help="dotted key=value, repeatable")
+@click.option("--data/--no-data", "read_data", default=True, show_default=True,
+              help="also read each recipe's data: rows, labels per split, labels that look wrong")
 @friendly_errors
-def validate(recipes, overrides):
+def validate(recipes, overrides, read_data):
     """Check RECIPES (and overrides) without loading a model; exit 2 on any problem."""
-    from peftkit.errors import RecipeError
+    from peftkit.errors import DataError, RecipeError, UsageError
     from peftkit.recipe import load_recipe
 
     failed = 0
     for path in recipes:
         try:
-            load_recipe(path, list(overrides))
+            recipe = load_recipe(path, list(overrides))
+            if read_data:
+                from peftkit.data.labels import describe_data
+
+                for line in describe_data(recipe):
+                    click.echo(f"  {line}")
             click.echo(f"ok: {path}")
-        except RecipeError as exc:
+        except (RecipeError, DataError, UsageError) as exc:
             failed += 1
             click.secho(f"error: {exc}", fg="red", err=True)
     if failed:

@@ -35,7 +35,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     parts = build(recipe)
     if distributed.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
-    trained, search = settle_learning_rate(recipe, parts, run_dir)
+    trained, search = settle_learning_rate(parts.recipe, parts, run_dir)  # + min_steps applied
     result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
     if search is not None:
         result["lr_search"] = search
@@ -95,12 +95,29 @@ def build(recipe) -> Build:
     encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
     if distributed.is_main():
         report_truncation(data_stats, recipe)
+    recipe = at_least_min_steps(recipe, len(encoded["train"]))
     quantized = recipe.model.quantization != "none"
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
     data_stats["label_counts"] = dist
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
                  get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized))
+
+
+def at_least_min_steps(recipe, n_train: int):
+    """train.min_steps: small data trains for more epochs instead of stopping after a few dozen
+    steps (issue 15: SST-2 with 500 sentences stays at chance after 2 epochs = 32 steps)."""
+    from peftkit.train import total_train_steps
+
+    t = recipe.train
+    steps = total_train_steps(recipe, n_train, world_size())
+    if t.max_steps or not t.min_steps or steps >= t.min_steps:
+        return recipe
+    if distributed.is_main():
+        print(f"note: {n_train:,} training examples give {steps} steps at train.epochs={t.epochs:g}; "
+              f"training train.min_steps={t.min_steps} steps instead "
+              f"(about {t.epochs * t.min_steps / steps:.1f} epochs)")
+    return dataclasses.replace(recipe, train=dataclasses.replace(t, max_steps=t.min_steps))
 
 
 def settle_learning_rate(recipe, parts: Build, run_dir: Path):
@@ -226,14 +243,12 @@ def absolute_paths(recipe):
 
 def check_labels(raw, recipe) -> dict:
     """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
-    from peftkit.data import labels as checks
-    from peftkit.data.readers import role_sources
+    from peftkit.data import labels
 
-    dist = checks.counts(raw, recipe.task, recipe.data.label_names)
-    checks.check_declared(dist, recipe.data.labels, recipe.task, role_sources(recipe))
+    dist, found = labels.check(raw, recipe)
     if distributed.is_main() and dist:
-        print("labels: " + "\n        ".join(checks.format_distribution(dist)))
-        for problem in checks.problems(dist):
+        print("labels: " + "\n        ".join(labels.format_distribution(dist)))
+        for problem in found:
             print(f"warning: {problem}")
     return dist
 

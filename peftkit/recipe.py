@@ -68,6 +68,8 @@ class DataSection:
 class TrainSection:
     epochs: float = opt(3.0, "passes over the training set", gt=0)
     max_steps: int | None = opt(None, "stop after N optimizer steps (overrides epochs)", min=1)
+    min_steps: int | None = opt(None, "train at least N optimizer steps: more epochs when the data "
+                                "is small (a few hundred examples give a few dozen steps)", min=1)
     batch_size: int = opt(16, "examples per device per step", min=1)
     eval_batch_size: int = opt(64, "examples per device per evaluation step", min=1)
     gradient_accumulation_steps: int = opt(1, "steps accumulated per optimizer step", min=1)

@@ -138,3 +138,27 @@ def format_distribution(dist: dict[str, dict[str, int]], limit: int = 8) -> list
         more = f", +{len(c) - limit} more" if len(c) > limit else ""
         lines.append(f"{split}: {shown}{more} ({total:,} labels)")
     return lines
+
+
+def check(raw, recipe) -> tuple[dict, list[str]]:
+    """(distribution per split, warnings) of a recipe's read data; raises DataError on a label
+    outside data.labels."""
+    from peftkit.data.readers import role_sources
+
+    dist = counts(raw, recipe.task, recipe.data.label_names)
+    check_declared(dist, recipe.data.labels, recipe.task, role_sources(recipe))
+    return dist, problems(dist)
+
+
+def describe_data(recipe) -> list[str]:
+    """`peftkit validate`: read the data as `run` would and describe its labels (no model)."""
+    from peftkit.data.readers import load_raw
+    from peftkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    raw = load_raw(recipe, task)
+    dist, found = check(raw, recipe)
+    task.label_names(raw, recipe)  # the checks `run` makes next (unseen eval/test labels)
+    sizes = ", ".join(f"{split} {len(raw[split]):,}" for split in raw)
+    return [f"examples: {sizes}", *(f"labels {line}" for line in format_distribution(dist)),
+            *(f"warning: {w}" for w in found)]
