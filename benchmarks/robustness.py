@@ -66,7 +66,7 @@ def write_matrix(out: Path, config: dict) -> None:
         results = out / name / "results.json"
         if not results.is_file():
             continue
-        records = json.loads(results.read_text())["records"]
+        records = json.loads(results.read_text())
         full = next((r["metric_value"] for r in records if r["strategy"] == "full"
                      and r["status"] == "ok"), None)
         for r in records:
