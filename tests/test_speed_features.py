@@ -189,7 +189,7 @@ def test_run_recipe_reports_padding_and_precision(tiny_bert_dir, tmp_path):
 HEAVY = ("torch", "transformers", "peft", "datasets")
 
 
-@pytest.mark.parametrize("argv", [None, ["--help"], ["validate", "{recipe}"]])
+@pytest.mark.parametrize("argv", [None, ["--help"], ["validate", "--no-data", "{recipe}"]])
 def test_cli_start_does_not_import_torch(tmp_path, argv):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("task: token-classification\nstrategy: {name: lora}\n")
