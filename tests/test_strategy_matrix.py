@@ -202,6 +202,7 @@ def train_case(case: Case, env: TaskEnv, run_dir) -> Trained:
                        total_steps=total_train_steps(recipe, len(env.encoded["train"])))
     model = env.base_model(recipe)
     base = outputs(model, env.batch)
+    torch.manual_seed(2)   # adapter inits draw from the global RNG: the same whatever ran before
     model = strategy.apply(model, recipe.strategy, ctx)
     step0 = outputs(model, env.batch)
     trainable = count_parameters(model)[0]
