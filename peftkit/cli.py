@@ -105,10 +105,10 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
     result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
     if distributed.is_main():  # one summary, not one per process
         print_summary(result)
-    if (result.get("health") or {}).get("status") == "collapsed" and parsed.eval.fail_on_collapse \
-            and not distributed.launched_by_peftkit():  # --nproc: the parent says it, once
-        from peftkit.health import COLLAPSE_EXIT_CODE
+    from peftkit.health import COLLAPSE_EXIT_CODE, is_collapsed
 
+    if is_collapsed(result) and parsed.eval.fail_on_collapse \
+            and not distributed.launched_by_peftkit():  # --nproc: the parent says it, once
         sys.exit(COLLAPSE_EXIT_CODE)
 
 
@@ -128,7 +128,7 @@ def validate(recipes, overrides, read_data):
         try:
             recipe = load_recipe(path, list(overrides))
             if read_data:
-                from peftkit.data.labels import describe_data
+                from peftkit.data.readers import describe_data
 
                 for line in describe_data(recipe):
                     click.echo(f"  {line}")

@@ -179,11 +179,14 @@ def collapsed(run_dir) -> bool:
     import json
     from pathlib import Path
 
+    from peftkit import rundir
+    from peftkit.health import is_collapsed
+
     try:
-        result = json.loads((Path(run_dir) / "result.json").read_text(encoding="utf-8"))
+        result = json.loads((Path(run_dir) / rundir.RESULT).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False
-    return (result.get("health") or {}).get("status") == "collapsed"
+    return is_collapsed(result)
 
 
 def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool, resume: bool) -> int:

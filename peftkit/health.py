@@ -2,8 +2,9 @@
 
     task.compute_metrics ──▶ metrics carry prediction statistics (health_*: shares of O, of the
                              most common class, of empty / repeated generations)
-    every evaluation ──▶ check(metrics) ──▶ findings (what happened, the likely cause, the fix)
-    end of the run  ──▶ check(test metrics) + check_loss(log history) ──▶ result.json "health"
+    every evaluation ──▶ the statistics are logged with the metrics (metrics.jsonl)
+    end of the run  ──▶ check(test metrics) + check_loss(log history) ──▶ findings (what happened,
+                        the fix) ──▶ result.json "health"; `peftkit eval` checks its metrics too
 
 A run that trained but learned nothing useful ends with exit code 3 (docs/errors.md), after its
 run folder is complete: the folder is evidence, not something to throw away.
@@ -21,6 +22,7 @@ Torch-free: it reads numbers, not models.
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 COLLAPSE_EXIT_CODE = 3
@@ -35,7 +37,6 @@ class Finding:
     fix: str         # what to try, with the exact override where there is one
 
 
-
 # ---------------------------------------------------------------- statistics (in compute_metrics)
 
 def token_stats(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
@@ -46,8 +47,6 @@ def token_stats(true_tags: list[list[str]], pred_tags: list[list[str]]) -> dict:
 
 
 def class_stats(true: list[int], pred: list[int]) -> dict:
-    from collections import Counter
-
     n = max(1, len(true))
     return {f"{PREFIX}gold_majority_share": max(Counter(true).values(), default=0) / n,
             f"{PREFIX}pred_majority_share": max(Counter(pred).values(), default=0) / n,
@@ -55,10 +54,10 @@ def class_stats(true: list[int], pred: list[int]) -> dict:
 
 
 def generation_stats(predictions: list[str]) -> dict:
-    from collections import Counter
+    from peftkit.metrics import normalize  # what exact match compares
 
     n = max(1, len(predictions))
-    texts = [" ".join(p.split()) for p in predictions]
+    texts = [normalize(p) for p in predictions]
     return {f"{PREFIX}empty_share": sum(not t for t in texts) / n,
             f"{PREFIX}top_output_share": max(Counter(texts).values(), default=0) / n,
             f"{PREFIX}examples": len(predictions)}
@@ -134,6 +133,11 @@ def report(findings: list[Finding], checked: dict) -> dict:
             "findings": [asdict(f) for f in findings], "checked": checked}
 
 
+def is_collapsed(result: dict) -> bool:
+    """A result.json record (or peftkit eval report) whose health check found a collapse."""
+    return (result.get("health") or {}).get("status") == "collapsed"
+
+
 def split_metrics(metrics: dict, split: str, lr_hint: str = "", losses=()) -> tuple[dict, dict]:
     """(the scores without the prediction statistics, the health record) of one evaluation."""
     stats = {k.removeprefix(f"{split}_"): v for k, v in metrics.items() if PREFIX in k}
@@ -142,9 +146,13 @@ def split_metrics(metrics: dict, split: str, lr_hint: str = "", losses=()) -> tu
     return scores, report(findings, stats)
 
 
-def warning_text(findings: list[dict], head: str = "the run trained but learned nothing useful") -> str:
+def warning_text(findings: list[dict], head: str = "the run trained but learned nothing useful",
+                 run: bool = True) -> str:
+    """The red block printed after a collapsed run (run=False: after `peftkit eval`, which records
+    nothing and keeps its exit code)."""
     lines = [f"WARNING: {head}:"]
     for f in findings:
         lines += [f"  - {f['split']}: {f['what']}", f"    fix: {f['fix']}"]
-    lines.append(f"  (result.json records health; exit code {COLLAPSE_EXIT_CODE}: docs/errors.md)")
+    if run:
+        lines.append(f"  (result.json records health; exit code {COLLAPSE_EXIT_CODE}: docs/errors.md)")
     return "\n".join(lines)

@@ -39,13 +39,15 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from peftkit.resume import LR_SEARCH
+
 SEARCH_SHARE = 0.15   # of the run's training example passes (issue 15: "at most ~15%")
 EVAL_COST = 1.0       # an evaluated example, in trained-example passes (padded batches on CPU)
 DAMAGE = 0.05         # a rate may raise the held-back balanced loss this much (relative), no more
 MIN_STEPS = 6         # probes shorter than this miss the damage (3-step probes let an adapter rate
                       # through that collapsed the run): fewer candidates instead
 RANGE_DIVISOR = 4.0   # range test: the chosen rate is the best-loss rate / RANGE_DIVISOR
-FILE = "lr_search.json"
+FILE = LR_SEARCH       # in the run folder, so that --resume continues at the same rate
 
 
 @dataclass
@@ -107,11 +109,13 @@ def budget_passes(total_steps: int, examples_per_step: int) -> int:
 
 def sweep(probe, lrs: list[float], budget: int, per_step: int, heldback: int, search: Search) -> float:
     """Every candidate s steps; the admissible one (module docstring) with the lowest plain loss."""
-    evals = (len(lrs) + 1) * heldback * EVAL_COST      # + the untrained model's
-    steps = int((budget - evals) // (len(lrs) * per_step))
+    def steps_each(n: int) -> int:  # n probes and n + 1 evaluations (+ the untrained model's)
+        return int((budget - (n + 1) * heldback * EVAL_COST) // (n * per_step))
+
+    steps = steps_each(len(lrs))
     if steps < MIN_STEPS:  # a rate's damage to the rare classes shows after a few steps, not at once
         lrs = lrs[::2]                                 # 3 candidates, longer probes
-        steps = int((budget - (len(lrs) + 1) * heldback * EVAL_COST) // (len(lrs) * per_step))
+        steps = steps_each(len(lrs))
     if steps < 3:
         raise TooShort(budget, per_step)
     start = probe(0.0, 0)
@@ -186,11 +190,11 @@ def find_learning_rate(recipe, build, total_steps: int, work_dir: Path, echo=pri
         method = strategy.lr_search
     budget = budget_passes(total_steps, recipe.train.batch_size
                            * recipe.train.gradient_accumulation_steps * world_size)
-    per_step = probe_batch(recipe.train.batch_size) * recipe.train.gradient_accumulation_steps \
-        * world_size
+    batch = probe_batch(recipe.train.batch_size)
+    per_step = batch * recipe.train.gradient_accumulation_steps * world_size
     train, heldback = held_back(build.encoded["train"], recipe.train.seed, budget)
     search = Search(method=method, range=(low, high), heldback=len(heldback), trained_on=len(train),
-                    budget_passes=budget, probe_batch_size=probe_batch(recipe.train.batch_size))
+                    budget_passes=budget, probe_batch_size=batch)
     runner = ProbeRunner(recipe, build, train, heldback, work_dir, search, per_step)
     echo(f"learning rate: searching {low:g}..{high:g} ({method}) on {len(train)} training examples, "
          f"scored on {len(heldback)} held-back ones, within {SEARCH_SHARE:.0%} of the run")
@@ -233,7 +237,7 @@ class ProbeRunner:
         from peftkit.train import build_trainer
 
         t = dataclasses.replace(self.recipe.train, learning_rate=lr, max_steps=steps,
-                                batch_size=probe_batch(self.recipe.train.batch_size),
+                                batch_size=self.search.probe_batch_size,
                                 lr_scheduler=schedule, warmup=0.1 if schedule != "constant" else 0.0,
                                 eval_every="steps" if eval_every else "no", eval_steps=eval_every,
                                 logging_steps=max(1, steps // 4), report_to=[])

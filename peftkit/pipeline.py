@@ -35,12 +35,12 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     parts = build(recipe)
     if distributed.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
-    trained, search = settle_learning_rate(parts.recipe, parts, run_dir)  # + min_steps applied
+    trained, search = settle_learning_rate(parts, run_dir)  # parts.recipe: min_steps applied
     result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
     if search is not None:
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
-    result["health"] = judge(parts, result, run_dir)
+    result["health"] = judge(result)
     if distributed.is_main():
         rundir.write_json(run_dir / rundir.RESULT, result)  # last: it marks the run finished
     tracking.finish(tracker, trained, result)
@@ -88,7 +88,7 @@ def build(recipe) -> Build:
     set_seed(recipe.train.seed)
     task = get_task(recipe.task)
     raw = load_raw(recipe, task)
-    dist = check_labels(raw, recipe)
+    dist = report_labels(raw, recipe)
     labels = task.label_names(raw, recipe)
     source = source_of(recipe)
     tokenizer = load_tokenizer(source, recipe)
@@ -120,9 +120,10 @@ def at_least_min_steps(recipe, n_train: int):
     return dataclasses.replace(recipe, train=dataclasses.replace(t, max_steps=t.min_steps))
 
 
-def settle_learning_rate(recipe, parts: Build, run_dir: Path):
+def settle_learning_rate(parts: Build, run_dir: Path):
     """(recipe with a number for train.learning_rate, the search record or None). A resumed run
     reuses the rate its first part chose (lr_search.json), so it continues the same training."""
+    recipe = parts.recipe
     if recipe.train.learning_rate != "auto":
         return recipe, None
     from peftkit.lr_search import FILE, find_learning_rate
@@ -194,7 +195,7 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     return result, tracker
 
 
-def judge(parts: Build, result: dict, run_dir: Path) -> dict:
+def judge(result: dict) -> dict:
     """The health record: collapse checks on the test predictions and the loss curve."""
     from peftkit import health
 
@@ -241,13 +242,14 @@ def absolute_paths(recipe):
     return recipe
 
 
-def check_labels(raw, recipe) -> dict:
+def report_labels(raw, recipe) -> dict:
     """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
-    from peftkit.data import labels
+    from peftkit.data.labels import format_distribution
+    from peftkit.data.readers import check_labels
 
-    dist, found = labels.check(raw, recipe)
+    dist, found = check_labels(raw, recipe)
     if distributed.is_main() and dist:
-        print("labels: " + "\n        ".join(labels.format_distribution(dist)))
+        print("labels: " + "\n        ".join(format_distribution(dist)))
         for problem in found:
             print(f"warning: {problem}")
     return dist

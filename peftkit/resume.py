@@ -29,6 +29,7 @@ from pathlib import Path
 from peftkit.errors import PeftkitError, UsageError
 
 RESULT, RECIPE, METRICS, CHECKPOINTS = "result.json", "recipe.yaml", "metrics.jsonl", "checkpoints"
+LR_SEARCH = "lr_search.json"  # learning_rate: auto's choice, reused by --resume (peftkit/lr_search.py)
 RUN_MARKERS = (RESULT, RECIPE, METRICS, CHECKPOINTS, "labels.json", "adapter", "model",
                "adapter.tmp", "model.tmp", "error.json", "variant.json")  # last two: peftkit bench
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -84,7 +85,7 @@ def folder_state(run_dir: Path) -> str:
 
 def remove_stale(run_dir: Path) -> None:
     """A run killed before its first checkpoint: its logs and partial files would mislead."""
-    for name in (METRICS, CHECKPOINTS, "adapter.tmp", "model.tmp"):
+    for name in (METRICS, CHECKPOINTS, LR_SEARCH, "lr_search.tmp", "adapter.tmp", "model.tmp"):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

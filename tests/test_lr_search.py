@@ -86,7 +86,7 @@ def test_the_search_keeps_its_budget_and_never_trains_on_held_back_examples(auto
     assert search.heldback + search.trained_on == len(parts.encoded["train"])  # train split only
     train, held = lr_search.held_back(parts.encoded["train"], 1, search.budget_passes)
     ids = {tuple(x) for x in train["input_ids"]}
-    assert not any(tuple(x) in ids for x in held["input_ids"]) or len(held) == 0
+    assert len(held) > 0 and not any(tuple(x) in ids for x in held["input_ids"])
 
 
 def test_an_auto_run_records_its_search_and_trains_at_the_chosen_rate(tiny_bert_dir, tmp_path):
@@ -106,3 +106,16 @@ def test_an_auto_run_records_its_search_and_trains_at_the_chosen_rate(tiny_bert_
     assert "learning_rate: auto" in (tmp_path / "run" / "recipe.yaml").read_text()
     assert json.loads((tmp_path / "run" / "lr_search.json").read_text())["chosen"] == search["chosen"]
     assert not (tmp_path / "run" / "lr_search.tmp").exists()
+
+
+def test_a_fresh_run_in_a_started_folder_does_not_reuse_a_stale_choice(tmp_path):
+    """lr_search.json is reused by --resume only; a run killed before its first checkpoint starts
+    again with a new search (its recipe may have changed)."""
+    from peftkit.resume import LR_SEARCH, prepare
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "recipe.yaml").write_text("task: token-classification\n")
+    (folder / LR_SEARCH).write_text(json.dumps({"chosen": 0.5}))
+    assert prepare(folder, overwrite=False, resume=False) == "new"
+    assert not (folder / LR_SEARCH).exists()

@@ -44,4 +44,4 @@ def eval_cmd(folder, overrides, data, split, max_samples, as_json):
         from peftkit.health import warning_text
 
         click.secho(warning_text(report["health"]["findings"], "the model's predictions on this "
-                                 "data look collapsed"), fg="red", err=True)
+                                 "data look collapsed", run=False), fg="red", err=True)

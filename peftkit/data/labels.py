@@ -7,7 +7,8 @@ and line.
                ──check_declared()──▶ DataError: file, line, the label, the declared set
 
 Token classification counts tags (O, B-PER, I-PER, ...); classification counts classes.
-Torch-free.
+Torch-free, and imports nothing of peftkit's but its errors: the readers and tasks use it
+(peftkit.data.readers.check_labels applies it to a recipe's data).
 """
 
 from __future__ import annotations
@@ -120,10 +121,10 @@ def matches(line: str, label: str, task_name: str, suffix: str) -> bool:
             record = json.loads(line)
         except ValueError:
             return False
-        values = [v for v in record.values()] if isinstance(record, dict) else []
+        values = record.values() if isinstance(record, dict) else []
         flat = [x for v in values for x in (v if isinstance(v, list) else [v])]
         return label in map(str, flat)
-    parts = line.replace("\t", " ").split() if suffix not in (".csv",) else line.split(",")
+    parts = line.split(",") if suffix == ".csv" else line.split()
     if task_name == "token-classification":
         return bool(parts) and parts[-1] == label
     return bool(parts) and parts[-1].strip() == label
@@ -139,26 +140,3 @@ def format_distribution(dist: dict[str, dict[str, int]], limit: int = 8) -> list
         lines.append(f"{split}: {shown}{more} ({total:,} labels)")
     return lines
 
-
-def check(raw, recipe) -> tuple[dict, list[str]]:
-    """(distribution per split, warnings) of a recipe's read data; raises DataError on a label
-    outside data.labels."""
-    from peftkit.data.readers import role_sources
-
-    dist = counts(raw, recipe.task, recipe.data.label_names)
-    check_declared(dist, recipe.data.labels, recipe.task, role_sources(recipe))
-    return dist, problems(dist)
-
-
-def describe_data(recipe) -> list[str]:
-    """`peftkit validate`: read the data as `run` would and describe its labels (no model)."""
-    from peftkit.data.readers import load_raw
-    from peftkit.tasks import get_task
-
-    task = get_task(recipe.task)
-    raw = load_raw(recipe, task)
-    dist, found = check(raw, recipe)
-    task.label_names(raw, recipe)  # the checks `run` makes next (unseen eval/test labels)
-    sizes = ", ".join(f"{split} {len(raw[split]):,}" for split in raw)
-    return [f"examples: {sizes}", *(f"labels {line}" for line in format_distribution(dist)),
-            *(f"warning: {w}" for w in found)]
