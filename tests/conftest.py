@@ -18,22 +18,36 @@ if SHARED_DATA.is_dir():  # CoNLL-2003, SST-2 and E2E beside the checkout (never
     os.environ.setdefault("PEFTKIT_DATA_DIR", str(SHARED_DATA))
 
 
-def corpus_lines() -> list[str]:
+def corpus_lines(train: int = 400) -> list[str]:
     from peftkit.data.demo_ner import generate_demo_ner
 
-    demo = generate_demo_ner(sizes={"train": 400, "validation": 10, "test": 10})
+    demo = generate_demo_ner(sizes={"train": train, "validation": 10, "test": 10})
     return [" ".join(ex["tokens"]) for ex in demo["train"]]
+
+
+def wordpiece_vocab(lines: list[str], size: int = 1000) -> list[str]:
+    """A WordPiece vocabulary that is the same in every process: special tokens, every character
+    (alone and as a "##" continuation), then the most frequent words, ties broken by spelling.
+    (tokenizers' WordPiece trainer breaks frequency ties in hash order, which differs per
+    process: every test on the tiny BERT then saw different token ids from run to run.)"""
+    from collections import Counter
+
+    words = Counter(w for line in lines for w in line.lower().split())
+    chars = sorted({c for w in words for c in w})
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *chars, *("##" + c for c in chars)]
+    ranked = sorted((w for w in words if w not in vocab), key=lambda w: (-words[w], w))
+    return vocab + ranked[:max(0, size - len(vocab))]
 
 
 @pytest.fixture(scope="session")
 def tiny_bert_dir(tmp_path_factory) -> Path:
-    """A 2-layer BERT (hidden 32) with a WordPiece vocabulary trained on demo sentences."""
+    """A 2-layer BERT (hidden 32) with a WordPiece vocabulary built from demo sentences."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    wp = BertWordPieceTokenizer(lowercase=True)
-    wp.train_from_iterator(corpus_lines(), vocab_size=600, min_frequency=1)
+    vocab = {w: i for i, w in enumerate(wordpiece_vocab(corpus_lines(train=3000)))}
+    wp = BertWordPieceTokenizer(vocab, lowercase=True)
     tok = BertTokenizerFast(tokenizer_object=wp._tokenizer, unk_token="[UNK]", pad_token="[PAD]",
                             cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
     tok.save_pretrained(folder)

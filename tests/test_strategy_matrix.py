@@ -56,9 +56,10 @@ CASES = [
     Case("adapter_pfeiffer", "adapter", TOK, 1e-2, PFEIFFER, identity=True),
     *[Case("prefix", "prefix", t, 1e-2, PREFIX) for t in (TOK, SEQ, CLM)],
     # a random tiny Llama predicts near-uniformly (loss ~ ln 400): scaling vectors and soft prompts
-    # need a larger step there to move it measurably in 12 steps
+    # need a larger step there to move it measurably in 12 steps (and 3 soft tokens a larger one
+    # than 1e-2 to move the sharpened BERT's [CLS])
     *[Case("ia3", "ia3", t, 3e-2 if t != CLM else 2e-1, identity=True) for t in (TOK, SEQ, CLM)],
-    *[Case("prompt", "prompt", t, 1e-2 if t != CLM else 2e-1, {"num_virtual_tokens": 3})
+    *[Case("prompt", "prompt", t, {TOK: 1e-2, SEQ: 3e-2, CLM: 2e-1}[t], {"num_virtual_tokens": 3})
       for t in (TOK, SEQ, CLM)],
 ]
 # trainable parameter names per strategy (task heads match HEAD)
