@@ -2,7 +2,8 @@
 
     task.compute_metrics ──▶ metrics carry prediction statistics (health_*: shares of O, of the
                              most common class, of empty / repeated generations)
-    every evaluation ──▶ the statistics are logged with the metrics (metrics.jsonl)
+    every evaluation ──▶ the statistics are logged with the metrics (metrics.jsonl) and checked
+                         (peftkit/health_watch.py: result.json health.evaluations)
     end of the run  ──▶ check(test metrics) + check_loss(log history) ──▶ findings (what happened,
                         the fix) ──▶ result.json "health"; `peftkit eval` checks its metrics too
 

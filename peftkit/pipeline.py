@@ -62,15 +62,18 @@ class Build:
     strategy: object
     ctx: object
     precision: str
+    head_prior: list | None = None   # the new head's starting bias (models.init_head_bias)
 
     def fresh_model(self):
         """(model with the strategy applied, its callbacks): the same weights for the same seed."""
         from transformers import set_seed
 
-        from peftkit.models import load_model
+        from peftkit.models import init_head_bias, load_model
 
         set_seed(self.recipe.train.seed)
         model = load_model(self.source, self.recipe, self.task, self.labels)
+        if self.head_prior is not None:   # before apply: peft copies the head it trains
+            init_head_bias(model, self.task.head_names, self.head_prior)
         model = self.strategy.apply(model, self.recipe.strategy, self.ctx)
         return model, self.strategy.callbacks(model, self.recipe.strategy, self.ctx)
 
@@ -100,8 +103,11 @@ def build(recipe) -> Build:
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
     data_stats["label_counts"] = dist
+    prior = (task.label_prior(encoded["train"], len(labels))
+             if labels and recipe.model.head_init == "prior" else None)
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
-                 get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized))
+                 get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized),
+                 prior)
 
 
 def at_least_min_steps(recipe, n_train: int):
@@ -144,6 +150,7 @@ def settle_learning_rate(parts: Build, run_dir: Path):
 
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
+    from peftkit.health_watch import HealthWatch
     from peftkit.quantization import memory_footprint
     from peftkit.resume import train as train_run
     from peftkit.strategies.base import count_parameters
@@ -151,10 +158,11 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
 
     task, strategy = parts.task, parts.strategy
     model, callbacks = parts.fresh_model()
+    watch = HealthWatch(echo=distributed.is_main())   # the collapse checks at every evaluation
     trainable, total = count_parameters(model)
     model_memory_mb = memory_footprint(model) / 2**20  # as stored: int8 / packed NF4 weights are smaller
     trainer = build_trainer(recipe, model, parts.tokenizer, task, parts.encoded, parts.labels, run_dir,
-                            parts.precision, callbacks, report_to=recipe.train.report_to,
+                            parts.precision, [*callbacks, watch], report_to=recipe.train.report_to,
                             find_unused_parameters=strategy.ddp_find_unused_parameters)
     distributed.check_engine(trainer, strategy)  # FSDP / DeepSpeed from an accelerate config
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
@@ -192,6 +200,7 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     if trainer.is_world_process_zero() and saved is not None:
         result["adapter_bytes"] = rundir.dir_size(saved)
     result["_losses"] = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    result["_evaluations"] = watch.evaluations
     return result, tracker
 
 
@@ -201,6 +210,7 @@ def judge(result: dict) -> dict:
 
     result["test"], record = health.split_metrics(result["test"], "test", lr_fix(result),
                                                   result.pop("_losses", []))
+    record["evaluations"] = result.pop("_evaluations", [])   # health_watch: during training
     if record["findings"] and distributed.is_main():
         import click
 

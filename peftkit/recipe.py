@@ -38,6 +38,8 @@ class ModelSection:
     gguf_file: str | None = opt(None, "GGUF file inside a folder `name`")
     quantization: str = opt("none", "load the base quantized", choices=["none", "8bit", "4bit"])
     trust_remote_code: bool = opt(False, "run model code shipped with a hub model")
+    head_init: str = opt("prior", "the new task head's bias: log of the training labels' "
+                         "frequencies (prior) or transformers' zeros (zero)", choices=["prior", "zero"])
 
 
 @dataclass

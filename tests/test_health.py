@@ -115,10 +115,67 @@ def test_a_collapsed_run_exits_3_with_the_warning_and_a_healthy_one_exits_0(
     recipe.write_text(yaml.safe_dump(raw))
     out = CliRunner().invoke(main, ["run", str(recipe)])
     result = json.loads((tmp_path / "run" / "result.json").read_text())
+    evaluations = result["health"]["evaluations"]   # the checks at every epoch's evaluation
+    assert [e["epoch"] for e in evaluations] == pytest.approx(list(range(1, epochs + 1)))
     if healthy:
         assert out.exit_code == 0, out.output
         assert result["health"]["status"] == "ok" and "WARNING" not in out.output
+        assert evaluations[-1]["status"] == "ok"
     else:
         assert out.exit_code == health.COLLAPSE_EXIT_CODE, out.output
         assert result["health"]["status"] == "collapsed"
         assert "learned nothing useful" in out.output and "train.learning_rate=" in out.output
+        assert "all-O" in evaluations[0]["kinds"]
+        assert "health at step 16 (validation): the model tags 0.0% of tokens" in out.output
+
+
+def test_the_watch_speaks_only_when_the_state_changes(capsys):
+    """health_watch.HealthWatch: one line ok -> collapsed, none while it stays so, one line back."""
+    from types import SimpleNamespace
+
+    from peftkit.health_watch import HealthWatch
+
+    all_o = [["O"] * len(s) for s in GOLD]
+    bad = {f"eval_{k}": v for k, v in token_stats(GOLD, all_o).items()} | {"eval_f1": 0.0}
+    good = {f"eval_{k}": v for k, v in token_stats(GOLD, GOLD).items()} | {"eval_f1": 1.0}
+    watch = HealthWatch()
+    for step, metrics in enumerate([good, bad, bad, good], start=1):
+        state = SimpleNamespace(global_step=step, epoch=step, is_world_process_zero=True,
+                                log_history=[{"loss": 1.0 / step}])
+        watch.on_evaluate(None, state, None, metrics=metrics)
+    assert [e["status"] for e in watch.evaluations] == ["ok", "collapsed", "collapsed", "ok"]
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == ["health at step 2 (validation): the model tags 0.0% of tokens as entities "
+                     "where the gold labels have 40.0%: it predicts (almost) only O (checked again "
+                     "on test at the end)", "health at step 4 (validation): ok again"]
+
+
+# ---------------------------------------------------------------- the head starts at the prior
+
+@pytest.mark.parametrize("head_init", ["prior", "zero"])
+def test_a_new_head_starts_at_the_training_labels_prior(head_init, tiny_bert_dir, tmp_path):
+    """model.head_init: prior sets the classifier bias so that softmax(bias) is each label's share
+    of the training tokens (add-one smoothed), counted here by hand; `zero` keeps transformers'."""
+    import collections
+
+    import torch
+    from conftest import tiny_ner_recipe
+    from peftkit.pipeline import build
+    from peftkit.recipe import build_recipe
+
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run")
+    raw["model"]["head_init"] = head_init
+    parts = build(build_recipe(raw))
+    counts = collections.Counter(t for row in parts.encoded["train"]["labels"] for t in row if t >= 0)
+    shares = torch.tensor([counts[i] + 1.0 for i in range(len(parts.labels))])
+    shares /= shares.sum()
+    model, _ = parts.fresh_model()
+    heads = [m for n, m in model.named_modules()
+             if n.endswith("classifier") or n.endswith("classifier.modules_to_save.default")]
+    trained = [m for m in heads if m.bias.requires_grad]
+    assert trained, "the LoRA run trains a copy of the head"
+    for head in heads:
+        if head_init == "prior":
+            torch.testing.assert_close(head.bias.softmax(-1), shares)
+        else:
+            assert torch.count_nonzero(head.bias) == 0

@@ -43,6 +43,16 @@ class Task:
         model that learned only the majority class has a low plain loss and a high balanced one."""
         return balanced_loss, gold_nll
 
+    def label_prior(self, train, n_labels: int) -> list[float]:
+        """Each label's share of the (encoded) training split's gold labels, add-one smoothed: the
+        bias a new head starts from (models.init_head_bias)."""
+        counts = [1] * n_labels
+        for gold in train["labels"]:
+            for label in (gold if isinstance(gold, list) else [gold]):
+                if label != IGNORE:
+                    counts[label] += 1
+        return [c / sum(counts) for c in counts]
+
     def evaluate(self, trainer, dataset, recipe, labels, prefix: str) -> dict:
         """Metrics on one encoded split, keys prefixed (e.g. test_f1)."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
