@@ -107,13 +107,18 @@ def test_quick_suite_is_packaged_and_covers_every_strategy():
     assert all(v.recipe.data.max_length <= 48 and v.recipe.train.epochs == 1 for v in suite.variants)
 
 
-@pytest.mark.parametrize("name", ["conll2003", "sst2", "e2e"])
-def test_shipped_suites_validate(name, monkeypatch):
+@pytest.mark.parametrize("name", ["conll2003", "sst2", "e2e", "adalora_short"])
+def test_shipped_suites_validate_and_dry_run(name, monkeypatch):
+    """--dry-run lists every variant, learning_rate: auto included (it used to crash on "auto")."""
     if not SHARED_DATA.is_dir():
         pytest.skip("shared benchmark data not present")
     monkeypatch.setenv("PEFTKIT_DATA_DIR", str(SHARED_DATA))
     suite = load_suite(REPO / "benchmarks" / f"{name}.yaml")
     assert suite.variants
+    out = CliRunner().invoke(main, ["bench", str(REPO / "benchmarks" / f"{name}.yaml"), "--dry-run"])
+    assert out.exit_code == 0, out.output
+    assert all(v.name in out.output for v in suite.variants)
+    assert ("lr=auto" in out.output) == any(v.recipe.train.learning_rate == "auto" for v in suite.variants)
 
 
 # ---------------------------------------------------------------- a real bench

@@ -91,6 +91,7 @@ def describe(suite) -> str:
         r = variant.recipe
         source = Path(r.source).name if r.source and r.source != suite.source else "inline base"
         settings = " ".join(f"{k}={value}" for k, value in variant.overrides.items())
-        lines.append(f"  {variant.name:<{width}}  {r.strategy_name} lr={r.train.learning_rate:g} "
+        lr = r.train.learning_rate   # a number, or "auto" (found when the variant runs)
+        lines.append(f"  {variant.name:<{width}}  {r.strategy_name} lr={lr if isinstance(lr, str) else f'{lr:g}'} "
                      f"seed={r.train.seed} [{source}] {settings}")
     return "\n".join(lines)
