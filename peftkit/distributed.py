@@ -255,24 +255,13 @@ def check_engine(trainer, strategy) -> None:
     which FSDP / ZeRO-3 have cut into shards; they are small, so DDP is the engine for them."""
     from peftkit.errors import UsageError
 
-    if sharded(trainer) and not (strategy.peft_format or strategy.name == "full"):
+    if sharded(trainer) and not strategy.saved_by_save_pretrained:
         raise UsageError(f"strategy {strategy.name!r} under FSDP / DeepSpeed ZeRO-3 is not "
                          "supported: its adapter is saved from the unsharded parameters. Launch it "
                          "with DDP (recipes/accelerate/ddp_gpu.yaml, or --nproc) or ZeRO-2")
 
 
-class _GatheredSave:
-    """strategy.save with the full state dict gathered from every process (peft's and
-    transformers' save_pretrained take it as `state_dict`)."""
-
-    def __init__(self, strategy, model, state_dict):
-        self.name, self.model, self.state_dict = strategy.name, model, state_dict
-
-    def save(self, model, folder) -> None:
-        self.model.save_pretrained(str(folder), state_dict=self.state_dict)
-
-
-def save_weights(trainer, run_dir, strategy, tokenizer, labels):
+def save_weights(trainer, run_dir, strategy, tokenizer, labels, cfg=None):
     """adapter/ (or model/) written by the main process; returns its path there, None elsewhere.
 
     Under FSDP / ZeRO-3 every process first takes part in gathering the full state dict (as the
@@ -281,10 +270,13 @@ def save_weights(trainer, run_dir, strategy, tokenizer, labels):
     from peftkit import rundir
 
     if not sharded(trainer):
-        return rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels) if is_main() else None
+        return (rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels, cfg)
+                if is_main() else None)
     engine = trainer.deepspeed if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
     state_dict = trainer.accelerator.get_state_dict(engine)  # collective: every process
     if not is_main():
         return None
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return rundir.save_weights(run_dir, _GatheredSave(strategy, model, state_dict), model, tokenizer, labels)
+    # the full state dict gathered from every process (save_pretrained takes it as `state_dict`)
+    return rundir.save_weights(run_dir, strategy, model, tokenizer, labels,
+                               write=lambda folder: model.save_pretrained(str(folder), state_dict=state_dict))

@@ -23,11 +23,9 @@ TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal att
 
 def packing_applies(recipe, model) -> bool:
     """True when the recipe asks for packing and task, strategy and attention kernel allow it."""
-    from peftkit.strategies import get_strategy
-
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     return (recipe.train.packing and recipe.task in TASKS
-            and get_strategy(recipe.strategy_name).packable and attn == "sdpa")
+            and recipe.strategy_impl.packable and attn == "sdpa")
 
 
 def trainer_class(recipe, model, pad_id: int):

@@ -80,7 +80,6 @@ def build(recipe) -> Build:
 
     from peftkit.data.readers import load_raw
     from peftkit.models import load_tokenizer, source_of
-    from peftkit.strategies import get_strategy
     from peftkit.strategies.base import ApplyContext
     from peftkit.tasks import get_task
     from peftkit.train import resolve_precision, total_train_steps
@@ -96,12 +95,12 @@ def build(recipe) -> Build:
     if distributed.is_main():
         report_truncation(data_stats, recipe)
     recipe = at_least_min_steps(recipe, len(encoded["train"]))
-    quantized = recipe.model.quantization != "none"
+    quantized = recipe.model.quantized
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
     data_stats["label_counts"] = dist
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
-                 get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized))
+                 recipe.strategy_impl, ctx, resolve_precision(recipe.train.precision, quantized))
 
 
 def at_least_min_steps(recipe, n_train: int):
@@ -187,7 +186,8 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
         "examples": {split: len(ds) for split, ds in parts.encoded.items()}, **parts.data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
-    saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels)
+    saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels,
+                                      recipe.strategy)
              if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers
     if trainer.is_world_process_zero() and saved is not None:
         result["adapter_bytes"] = rundir.dir_size(saved)

@@ -101,7 +101,7 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     set_threads(recipe)
     encoded = encode_split(loaded, recipe)
     test = encoded["test"]
-    precision = resolve_precision(recipe.train.precision, recipe.model.quantization != "none")
+    precision = resolve_precision(recipe.train.precision, recipe.model.quantized)
     with tempfile.TemporaryDirectory(prefix="peftkit-eval-") as tmp:
         trainer = build_trainer(recipe, loaded.model, loaded.tokenizer, loaded.task, encoded,
                                 loaded.labels, Path(tmp), precision, [])

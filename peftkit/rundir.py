@@ -21,6 +21,7 @@ from peftkit.errors import PeftkitError, UsageError
 RESULT = "result.json"
 RECIPE = "recipe.yaml"
 LABELS = "labels.json"
+ADAPTER_DIR, MODEL_DIR = "adapter", "model"  # the weights: a strategy's result, or a whole model
 
 
 def default_run_dir(recipe) -> Path:
@@ -58,13 +59,19 @@ def write_recipe(run_dir: Path, recipe) -> None:
     atomic_write_text(run_dir / RECIPE, yaml.safe_dump(recipe.to_dict(), sort_keys=False))
 
 
-def save_weights(run_dir: Path, strategy, model, tokenizer, labels) -> Path:
-    """Save the adapter (or full model) and tokenizer under a temporary name, then rename."""
-    name = "model" if strategy.name == "full" else "adapter"
+def save_weights(run_dir: Path, strategy, model, tokenizer, labels, cfg=None, write=None) -> Path:
+    """Save the adapter (or full model) and tokenizer under a temporary name, then rename.
+
+    `cfg`: the recipe's strategy settings; `write(folder)` replaces strategy.save (a state dict
+    gathered from sharded processes, peftkit.distributed)."""
+    name = MODEL_DIR if strategy.saves_whole_model else ADAPTER_DIR
     final, tmp = run_dir / name, run_dir / f"{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        strategy.save(model, tmp)
+        if write is not None:
+            write(tmp)
+        else:
+            strategy.save(model, tmp, cfg)
         tokenizer.save_pretrained(str(tmp))
         if final.exists():
             shutil.rmtree(final)
@@ -78,7 +85,7 @@ def save_weights(run_dir: Path, strategy, model, tokenizer, labels) -> Path:
 def weights_dir(run_dir: Path) -> Path:
     if (run_dir / "peftkit.json").is_file():  # a `peftkit export` folder: weights at its top level
         return run_dir
-    for name in ("adapter", "model"):
+    for name in (ADAPTER_DIR, MODEL_DIR):
         if (run_dir / name).is_dir():
             return run_dir / name
     raise UsageError(f"{run_dir} holds no adapter/ or model/ folder: not a finished peftkit run "
@@ -96,7 +103,6 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None):
     """
     from peftkit.models import load_model, source_of
     from peftkit.recipe import build_recipe, read_yaml
-    from peftkit.strategies import get_strategy
     from peftkit.strategies.base import ApplyContext
     from peftkit.tasks import get_task
 
@@ -115,10 +121,8 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None):
     def load_base(path: str | None = None):
         return load_model(source, recipe, task, labels, path=path)
 
-    strategy = get_strategy(recipe.strategy_name)
-    ctx = ApplyContext(task=task, head_names=task.head_names,
-                       quantized=recipe.model.quantization != "none")
-    model = strategy.load(load_base, folder, recipe.strategy, ctx)
+    ctx = ApplyContext(task=task, head_names=task.head_names, quantized=recipe.model.quantized)
+    model = recipe.strategy_impl.load(load_base, folder, recipe.strategy, ctx)
     model.eval()
     return model, tokenizer, recipe, labels, task
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MARKERS = {"full": "s", "lora": "o", "dora": "D", "adalora": "^", "adapter": "P", "prefix": "v",
-           "ia3": "X", "prompt": "*"}
 SPARE_MARKERS = ["h", "<", ">", "p", "d", "8"]
 # Label positions tried in turn, as (dx, dy) in points from the marker, with their alignment.
 LABEL_SPOTS = [(9, 7, "left", "bottom"), (9, -7, "left", "top"), (-9, 7, "right", "bottom"),
@@ -50,7 +48,8 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     # fixed marker, colour and legend order per method, so that plots of different suites agree
-    known = list(MARKERS)
+    markers = method_markers()
+    known = list(markers)
     methods = sorted(dict.fromkeys(r["method"] for r in rows),
                      key=lambda m: (known.index(m) if m in known else len(known), m))
     spare = iter(SPARE_MARKERS * 3)
@@ -60,7 +59,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
         mine = [r for r in rows if r["method"] == m]
         stds = [r["std"] or 0.0 for r in mine]
         ax.errorbar([r["trainable_params"] for r in mine], [r["mean"] for r in mine],
-                    yerr=stds if any(stds) else None, fmt=MARKERS.get(m) or next(spare),
+                    yerr=stds if any(stds) else None, fmt=markers.get(m) or next(spare),
                     color=colors[m], markersize=9, capsize=3, linestyle="none", label=m, zorder=3)
 
     collapsed = [r for r in rows if r.get("collapsed")]
@@ -92,6 +91,13 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     canvas.draw()  # fixes the layout, so label extents below are final
     place_labels(ax, rows, canvas.get_renderer())
     save_png(fig, Path(path))
+
+
+def method_markers() -> dict[str, str]:
+    """method -> marker, in registry order: each strategy declares its own (Strategy.plot_markers)."""
+    from peftkit.strategies import all_strategies
+
+    return {m: marker for s in all_strategies() for m, marker in s.plot_markers.items()}
 
 
 def add_percent_axis(ax, rows: list[dict]) -> None:

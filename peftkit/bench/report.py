@@ -74,7 +74,7 @@ def base_record(suite, variant) -> dict:
     return {
         "suite": suite.name, "variant": variant.name, "group": variant.group,
         "seed": r.train.seed, "status": None, "error": None,
-        "method": method_of(r.strategy_name, settings), "strategy": r.strategy_name,
+        "method": r.strategy_impl.method(settings), "strategy": r.strategy_name,
         "strategy_settings": settings, "learning_rate": r.train.learning_rate,
         "epochs": r.train.epochs, "task": r.task, "model": r.model.name, "dataset": r.data.name,
         "train_samples": r.data.max_train_samples, "quantization": r.model.quantization,
@@ -111,11 +111,6 @@ def finished_record(suite, variant, result: dict) -> dict:
 
 def failed_record(suite, variant, message: str) -> dict:
     return {**base_record(suite, variant), "status": "failed", "error": message}
-
-
-def method_of(strategy: str, settings: dict) -> str:
-    """The name people use: DoRA is LoRA with use_dora, but is compared as a method of its own."""
-    return "dora" if strategy == "lora" and settings.get("use_dora") else strategy
 
 
 def default_metric(task: str) -> str | None:

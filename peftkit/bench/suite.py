@@ -34,6 +34,7 @@ from typing import Any
 
 from peftkit.errors import RecipeError
 from peftkit.recipe import Recipe, build_recipe, read_yaml, type_name, unknown_key
+from peftkit.strategies.configs import DEFAULT_STRATEGY
 
 DEFAULT_SUITE = Path(__file__).with_name("quick.yaml")
 SUITE_KEYS = ["name", "description", "base", "overrides", "seeds", "grid", "variants"]
@@ -201,7 +202,7 @@ def strategy_name(raw: dict) -> str:
     s = raw.get("strategy")
     if isinstance(s, str):
         return s
-    return s.get("name", "lora") if isinstance(s, dict) else "lora"
+    return s.get("name", DEFAULT_STRATEGY) if isinstance(s, dict) else DEFAULT_STRATEGY
 
 
 # ---------------------------------------------------------------- names

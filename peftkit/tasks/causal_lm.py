@@ -44,7 +44,7 @@ class CausalLM(Task):
                 out["truncated"].append(cut)
             return out
 
-        drop = [c for c in raw["train"].column_names if c not in ("prompt", "target")]
+        drop = [c for c in raw["train"].column_names if c not in self.columns]
         encoded = raw.map(encode_batch, batched=True, remove_columns=drop, desc="tokenizing")
         stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
         return encoded.remove_columns("truncated"), stats
