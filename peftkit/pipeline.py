@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftkit import distributed, rundir, tracking
+from peftkit import distributed, env, rundir, tracking
+from peftkit.resume import checkpoint_to_resume
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -26,14 +26,10 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     state, checkpoint = distributed.main_first(
         lambda: prepare_folder(run_dir, recipe, overwrite, resume))
     if state == "finished":  # --resume of a run that already finished: nothing to train
-        from peftkit.resume import finished_result
-
-        return distributed.main_first(lambda: finished_result(run_dir))
-    from peftkit.train import set_threads
-
-    set_threads(recipe)
+        return distributed.main_first(lambda: rundir.finished_result(run_dir))
+    env.set_threads(recipe)
     parts = build(recipe)
-    if distributed.is_main():
+    if env.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
     trained, search = settle_learning_rate(parts, run_dir)  # parts.recipe: min_steps applied
     result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
@@ -41,7 +37,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
     result["health"] = judge(result)
-    if distributed.is_main():
+    if env.is_main():
         rundir.write_json(run_dir / rundir.RESULT, result)  # last: it marks the run finished
     tracking.finish(tracker, trained, result)
     distributed.barrier()  # the other processes return once the run folder is complete
@@ -92,12 +88,12 @@ def build(recipe) -> Build:
     source = source_of(recipe)
     tokenizer = load_tokenizer(source, recipe)
     encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
-    if distributed.is_main():
+    if env.is_main():
         report_truncation(data_stats, recipe)
     recipe = at_least_min_steps(recipe, len(encoded["train"]))
     quantized = recipe.model.quantized
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
-                       total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
+                       total_steps=total_train_steps(recipe, len(encoded["train"]), env.world_size()))
     data_stats["label_counts"] = dist
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
                  recipe.strategy_impl, ctx, resolve_precision(recipe.train.precision, quantized))
@@ -109,10 +105,10 @@ def at_least_min_steps(recipe, n_train: int):
     from peftkit.train import total_train_steps
 
     t = recipe.train
-    steps = total_train_steps(recipe, n_train, world_size())
+    steps = total_train_steps(recipe, n_train, env.world_size())
     if t.max_steps or not t.min_steps or steps >= t.min_steps:
         return recipe
-    if distributed.is_main():
+    if env.is_main():
         print(f"note: {n_train:,} training examples give {steps} steps at train.epochs={t.epochs:g}; "
               f"training train.min_steps={t.min_steps} steps instead "
               f"(about {t.epochs * t.min_steps / steps:.1f} epochs)")
@@ -132,10 +128,10 @@ def settle_learning_rate(parts: Build, run_dir: Path):
         record = json.loads(saved.read_text(encoding="utf-8"))
         print(f"learning rate: {record['chosen']:g} (chosen when this run started: {saved})")
     else:
-        echo = print if distributed.is_main() else (lambda *a, **k: None)
+        echo = print if env.is_main() else (lambda *a, **k: None)
         record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / "lr_search.tmp",
-                                    echo=echo, world_size=world_size()).record()
-        if distributed.is_main():
+                                    echo=echo, world_size=env.world_size()).record()
+        if env.is_main():
             rundir.write_json(saved, record)
     train = dataclasses.replace(recipe.train, learning_rate=record["chosen"])
     return dataclasses.replace(recipe, train=train), record
@@ -144,9 +140,8 @@ def settle_learning_rate(parts: Build, run_dir: Path):
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
     from peftkit.quantization import memory_footprint
-    from peftkit.resume import train as train_run
     from peftkit.strategies.base import count_parameters
-    from peftkit.train import TokenCounter, build_trainer
+    from peftkit.train import TokenCounter, build_trainer, run_training
 
     task, strategy = parts.task, parts.strategy
     model, callbacks = parts.fresh_model()
@@ -159,11 +154,11 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
     counter = TokenCounter(trainer.model)  # real vs padded tokens of the training batches
     start = time.perf_counter()
-    train_out = train_run(trainer, checkpoint, run_dir)  # + signals, disk errors
+    train_out = run_training(trainer, checkpoint, run_dir)  # + signals, disk errors
     train_seconds = time.perf_counter() - start
     counter.remove()
     real, slots = distributed.all_sum([counter.real, counter.slots])  # every process's batches
-    test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test")
+    test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test", run_dir)
 
     result = {
         "run_dir": str(run_dir), "task": recipe.task, "strategy": recipe.strategy_name,
@@ -180,9 +175,9 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
         "train_tokens_per_second": real / train_seconds,
         "train_padding_fraction": 1.0 - real / slots if slots else 0.0,
         "peak_memory_mb": peak_memory_mb(), "model_memory_mb": model_memory_mb,
-        "world_size": world_size(),
+        "world_size": env.world_size(),
         "effective_batch_size": recipe.train.batch_size * recipe.train.gradient_accumulation_steps
-        * world_size(),
+        * env.world_size(),
         "examples": {split: len(ds) for split, ds in parts.encoded.items()}, **parts.data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
@@ -201,7 +196,7 @@ def judge(result: dict) -> dict:
 
     result["test"], record = health.split_metrics(result["test"], "test", lr_fix(result),
                                                   result.pop("_losses", []))
-    if record["findings"] and distributed.is_main():
+    if record["findings"] and env.is_main():
         import click
 
         click.secho(health.warning_text(record["findings"]), fg="red", bold=True, err=True)
@@ -218,9 +213,7 @@ def lr_fix(result: dict) -> str:
 
 
 def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tuple[str, str | None]:
-    """The existing-folder rules (peftkit/resume.py), then the checkpoint to resume from, if any."""
-    from peftkit.resume import checkpoint_to_resume
-
+    """The existing-folder rules (peftkit/rundir.py), then the checkpoint to resume from, if any."""
     state = rundir.prepare(run_dir, overwrite, resume)
     return state, checkpoint_to_resume(run_dir, recipe) if state == "resume" else None
 
@@ -248,7 +241,7 @@ def report_labels(raw, recipe) -> dict:
     from peftkit.data.readers import check_labels
 
     dist, found = check_labels(raw, recipe)
-    if distributed.is_main() and dist:
+    if env.is_main() and dist:
         print("labels: " + "\n        ".join(format_distribution(dist)))
         for problem in found:
             print(f"warning: {problem}")
@@ -265,11 +258,6 @@ def report_truncation(stats: dict, recipe) -> None:
 
 def strip_prefix(metrics: dict, prefix: str) -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in metrics.items()}
-
-
-def world_size() -> int:
-    """Processes of a torchrun / accelerate launch (known before the Trainer starts them)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def peak_memory_mb() -> float:

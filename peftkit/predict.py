@@ -93,7 +93,8 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     Defaults: the run's data set and test split, with the run's max_test_samples; with another
     `data`, every example of the split unless `max_samples` says otherwise.
     """
-    from peftkit.train import build_trainer, resolve_precision, set_threads
+    from peftkit.env import set_threads
+    from peftkit.train import build_trainer, resolve_precision
 
     # the data settings are checked before any model is loaded
     recipe = eval_recipe(read_folder(path)[1], data, split, max_samples, overrides)
@@ -105,7 +106,7 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     with tempfile.TemporaryDirectory(prefix="peftkit-eval-") as tmp:
         trainer = build_trainer(recipe, loaded.model, loaded.tokenizer, loaded.task, encoded,
                                 loaded.labels, Path(tmp), precision, [])
-        metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test")
+        metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test", Path(tmp))
     from peftkit.health import split_metrics
 
     scores, health = split_metrics(metrics, "test")

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 
+from peftkit.env import cpu_has_fast_bf16
 from peftkit.errors import PeftkitError
 
 # Output heads that must never be quantized, whatever the task: a causal LM's vocabulary
@@ -74,8 +75,6 @@ def compute_dtype():
     """4-bit weights are de-quantized to this dtype for the matmul: bf16 where the hardware is
     fast at it (QLoRA's choice), fp16 on older GPUs, fp32 on CPUs without AVX-512 BF16."""
     import torch
-
-    from peftkit.train import cpu_has_fast_bf16
 
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -222,6 +222,17 @@ def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None
     return recipe
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A recipe's nested sections as dotted keys, the override syntax: {"train.epochs": 3, ...}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dict:
     """`train.epochs=1` -> raw['train']['epochs'] = 1; values parsed as YAML scalars/lists."""
     import copy

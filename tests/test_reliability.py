@@ -21,7 +21,9 @@ from click.testing import CliRunner
 import peftkit.callbacks
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, UsageError
-from peftkit.resume import checkpoint_to_resume, disk_errors, prepare, truncate_metrics
+from peftkit.resume import checkpoint_to_resume, truncate_metrics
+from peftkit.rundir import prepare
+from peftkit.train import disk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("runtime", "per_second")

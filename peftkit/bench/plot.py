@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from peftkit.bench import numbers
+from peftkit.strategies import all_strategies
+
 SPARE_MARKERS = ["h", "<", ">", "p", "d", "8"]
 # Label positions tried in turn, as (dx, dy) in points from the marker, with their alignment.
 LABEL_SPOTS = [(9, 7, "left", "bottom"), (9, -7, "left", "top"), (-9, 7, "right", "bottom"),
@@ -38,12 +41,10 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from peftkit.bench.report import higher_is_better, human_count
-
     rows = [r for r in rows if r["mean"] is not None and r["trainable_params"]]
     if not rows:
         return
-    better = higher_is_better(rows[0]["metric"])
+    better = numbers.higher_is_better(rows[0]["metric"])
     fig = Figure(figsize=(10, 6.2), dpi=150, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -77,7 +78,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     ys = [p[1] for p in points]
     pad = (max(ys) - min(ys)) * 0.12 or 0.05
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    ax.xaxis.set_major_formatter(lambda x, _: human_count(x))
+    ax.xaxis.set_major_formatter(lambda x, _: numbers.human_count(x))
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"test {rows[0]['metric']}")
     ax.set_title(title, fontsize=11)
@@ -95,8 +96,6 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
 
 def method_markers() -> dict[str, str]:
     """method -> marker, in registry order: each strategy declares its own (Strategy.plot_markers)."""
-    from peftkit.strategies import all_strategies
-
     return {m: marker for s in all_strategies() for m, marker in s.plot_markers.items()}
 
 

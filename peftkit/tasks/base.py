@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 
 class Task:
     name: str = ""
@@ -43,8 +45,9 @@ class Task:
         model that learned only the majority class has a low plain loss and a high balanced one."""
         return balanced_loss, gold_nll
 
-    def evaluate(self, trainer, dataset, recipe, labels, prefix: str) -> dict:
-        """Metrics on one encoded split, keys prefixed (e.g. test_f1)."""
+    def evaluate(self, trainer, dataset, recipe, labels, prefix: str, out_dir: Path) -> dict:
+        """Metrics on one encoded split, keys prefixed (e.g. test_f1); files a task writes beside
+        them (causal-lm: the generations) go into `out_dir`, the run folder."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
 
     def predict(self, model, tokenizer, texts: list[str], labels, recipe) -> list[dict]:

@@ -68,7 +68,7 @@ class CausalLM(Task):
 
         return compute
 
-    def evaluate(self, trainer, dataset, recipe, labels, prefix):
+    def evaluate(self, trainer, dataset, recipe, labels, prefix, out_dir):
         """Loss and perplexity over the completions, then generation scored against all references."""
         metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
         if f"{prefix}_loss" in metrics:
@@ -85,7 +85,7 @@ class CausalLM(Task):
         metrics.update(scores)
         trainer.log({k: v for k, v in metrics.items() if k in scores or k.endswith("_perplexity")})
         if trainer.is_world_process_zero():
-            write_generations(Path(trainer.args.output_dir).parent / f"generations_{prefix}.jsonl",
+            write_generations(Path(out_dir) / f"generations_{prefix}.jsonl",
                               shown, predictions, references)
         return metrics
 
