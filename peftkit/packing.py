@@ -17,7 +17,8 @@ Needs a 4-D mask, which transformers passes to SDPA as it is; not for sequence c
 
 from __future__ import annotations
 
-IGNORE = -100
+from peftkit.tasks.base import IGNORE
+
 TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal attention
 
 

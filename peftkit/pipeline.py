@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit import distributed, env, rundir, tracking
+from peftkit.data.registry import data_source
+from peftkit.models_registry import model_source
 from peftkit.resume import checkpoint_to_resume
 
 
@@ -220,16 +222,13 @@ def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tupl
 
 def absolute_paths(recipe):
     """Local model and data paths become absolute so the saved recipe works from anywhere."""
-    from peftkit.data.registry import resolve_data
-    from peftkit.models_registry import resolve_model
-
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model),
                                  data=dataclasses.replace(recipe.data))
-    source = resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+    source = model_source(recipe)  # validation's look-ups, kept on the recipe
     if source.kind in ("folder", "gguf"):
         recipe.model.name = str(Path(source.path) / source.gguf_file) if source.kind == "gguf" \
             else source.path
-    data = resolve_data(recipe)
+    data = data_source(recipe)
     if data.kind == "local":
         recipe.data.name, recipe.data.data_dir = data.location, None
     return recipe

@@ -132,6 +132,10 @@ class Recipe:
     eval: EvalSection = field(default_factory=EvalSection)
     output: OutputSection = field(default_factory=OutputSection)
     source: str | None = None  # the recipe file, for messages and relative paths
+    # look-ups made once per recipe and shared by its copies (dataclasses.replace): where
+    # model.name and data.name point, the strategy object. Keyed by what they depend on, so a
+    # copy with another model.name resolves that name afresh (resolve_once).
+    resolved: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """The resolved recipe as plain data, in the layout of a recipe file."""
@@ -144,7 +148,18 @@ class Recipe:
     @property
     def strategy_impl(self):
         """The Strategy object of strategy.name (imports its implementation on first use)."""
-        return get_strategy(self.strategy_name)
+        return self.resolve_once(("strategy", self.strategy_name), lambda: get_strategy(self.strategy_name))
+
+    def with_quantization(self, mode: str) -> "Recipe":
+        """A copy that loads the base as `mode` (merge reloads an 8-bit run's base in full precision:
+        merging into int8 weights would round the delta away)."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, quantization=mode))
+
+    def resolve_once(self, key: tuple, resolve):
+        """resolve() the first time `key` is asked for, then the kept value (an error is not kept)."""
+        if key not in self.resolved:
+            self.resolved[key] = resolve()
+        return self.resolved[key]
 
     @property
     def base_dir(self) -> Path:

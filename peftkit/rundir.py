@@ -218,10 +218,11 @@ def dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def load_run(run_dir: str | os.PathLike, quantization: str | None = None):
+def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe=None):
     """(model, tokenizer, recipe, labels, task) of a finished run, ready for predict or eval.
 
-    `quantization` overrides the recipe's (merge reloads an 8-bit run's base in full precision).
+    `quantization` overrides the recipe's (merge reloads an 8-bit run's base in full precision);
+    `recipe`: the run's recipe.yaml when the caller has read it already.
     """
     from peftkit.models import load_model, source_of
     from peftkit.recipe import build_recipe, read_yaml
@@ -231,9 +232,10 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None):
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE).is_file():
         raise UsageError(f"{run_dir} is not a peftkit run folder (no {RECIPE})")
-    recipe = build_recipe(read_yaml(str(run_dir / RECIPE)), source=None, check_paths=False)
+    if recipe is None:
+        recipe = build_recipe(read_yaml(str(run_dir / RECIPE)), source=None, check_paths=False)
     if quantization is not None:
-        recipe.model.quantization = quantization
+        recipe = recipe.with_quantization(quantization)
     labels = json.loads((run_dir / LABELS).read_text()) if (run_dir / LABELS).exists() else None
     task = get_task(recipe.task)
     folder = weights_dir(run_dir)

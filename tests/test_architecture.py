@@ -179,3 +179,37 @@ def test_every_module_imports_on_its_own():
                           env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "", proc.stdout
+
+
+# ---------------------------------------------------------------- adding a strategy
+
+VARIANT = '''
+from peftkit.strategies.lora import LoraStrategy
+
+
+class ScaledLora(LoraStrategy):
+    name = "scaled-lora"
+    plot_markers = {"scaled-lora": "h"}
+
+
+STRATEGY = ScaledLora()
+'''
+
+
+def test_a_strategy_is_its_module_and_one_registry_line(tmp_path, monkeypatch):
+    """docs/architecture.md#adding-a-strategy: a LoRA variant in its own module plus one line in
+    STRATEGIES is validated, and says how it merges and is plotted, like the built-in ones."""
+    from peftkit.bench.plot import method_markers
+    from peftkit.recipe import build_recipe
+    from peftkit.strategies.configs import LoraConfig
+
+    (tmp_path / "scaled_lora_strategy.py").write_text(VARIANT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(STRATEGIES, "scaled-lora", (LoraConfig, "scaled_lora_strategy"))
+    recipe = build_recipe({"task": "token-classification", "strategy": {"name": "scaled-lora", "r": 4}},
+                          source=None, check_paths=False)
+    strategy = recipe.strategy_impl
+    assert strategy.name == "scaled-lora" and recipe.strategy.r == 4
+    assert strategy.can_merge and "ties" in strategy.weighted_methods and strategy.peft_format
+    assert method_markers()["scaled-lora"] == "h"
+    assert strategy.method({"use_dora": False}) == "scaled-lora"

@@ -35,7 +35,7 @@ def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False) -> 
     check_mergeable(run)
     check_dtype(dtype)
     out = check_out(Path(out), overwrite, [run.dir])
-    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none")
+    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe)
     merged = recipe.strategy_impl.merge(model)
     sources = [{"run": str(run.dir), "weight": 1.0}]
     save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result])
@@ -119,8 +119,7 @@ def combined_model(runs, weights, method, density, svd_rank):
     from peftkit.rundir import load_tokenizer_from, weights_dir
     from peftkit.tasks import get_task
 
-    recipe = runs[0].load_recipe()
-    recipe.model.quantization = "none"
+    recipe = runs[0].recipe.with_quantization("none")
     task = get_task(recipe.task)
     model = load_model(source_of(recipe), recipe, task, runs[0].labels)
     names = [f"run{i}" for i in range(len(runs))]

@@ -17,8 +17,8 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, task_type
+from peftkit.tasks.base import IGNORE
 
-IGNORE = -100
 
 
 class PromptStrategy(PeftStrategy):

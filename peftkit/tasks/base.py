@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+IGNORE = -100  # the label the loss skips (sub-tokens, prompts, padding): torch's ignore_index
+
 
 class Task:
     name: str = ""
@@ -60,9 +62,6 @@ def tokenize_splits(raw, encode_batch):
                       desc="tokenizing")
     stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
     return encoded.remove_columns("truncated"), stats
-
-
-IGNORE = -100
 
 
 def gold_nll(logits, labels):

@@ -15,9 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from peftkit.tasks.base import Task
+from peftkit.tasks.base import IGNORE, Task
 
-IGNORE = -100
 
 
 class CausalLM(Task):
