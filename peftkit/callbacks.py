@@ -156,7 +156,7 @@ class CheckpointExtras(TrainerCallback):
         self.strategy = strategy if strategy is not None else Strategy()
         self.last_saved = -1
         self.set_aside = None
-        self.resume_from: str | None = None  # set by peftkit.train.run_training (the Trainer doesn't say)
+        self.resume_from: str | None = None  # set by train.run_training (the Trainer doesn't say)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if control.should_save:

@@ -145,5 +145,7 @@ def save_weights(trainer, run_dir, strategy, tokenizer, labels, cfg=None):
         return None
     model = trainer.accelerator.unwrap_model(trainer.model)
     # the full state dict gathered from every process (save_pretrained takes it as `state_dict`)
-    return rundir.save_weights(run_dir, strategy, model, tokenizer, labels,
-                               write=lambda folder: model.save_pretrained(str(folder), state_dict=state_dict))
+    def write(folder):
+        model.save_pretrained(str(folder), state_dict=state_dict)
+
+    return rundir.save_weights(run_dir, strategy, model, tokenizer, labels, write=write)

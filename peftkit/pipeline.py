@@ -11,12 +11,22 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from peftkit import distributed, env, rundir, tracking
+import click
+
+from peftkit import distributed, env, health, rundir, tracking
+from peftkit.data.labels import format_distribution
+from peftkit.data.readers import check_labels, load_raw
 from peftkit.data.registry import data_source
+from peftkit.models import load_model, load_tokenizer, source_of
 from peftkit.models_registry import model_source
+from peftkit.quantization import memory_footprint
 from peftkit.resume import checkpoint_to_resume
+from peftkit.strategies.base import ApplyContext, count_parameters
+from peftkit.tasks import get_task
+from peftkit.train import TokenCounter, build_trainer, resolve_precision, run_training, total_train_steps
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -65,8 +75,6 @@ class Build:
         """(model with the strategy applied, its callbacks): the same weights for the same seed."""
         from transformers import set_seed
 
-        from peftkit.models import load_model
-
         set_seed(self.recipe.train.seed)
         model = load_model(self.source, self.recipe, self.task, self.labels)
         model = self.strategy.apply(model, self.recipe.strategy, self.ctx)
@@ -75,12 +83,6 @@ class Build:
 
 def build(recipe) -> Build:
     from transformers import set_seed
-
-    from peftkit.data.readers import load_raw
-    from peftkit.models import load_tokenizer, source_of
-    from peftkit.strategies.base import ApplyContext
-    from peftkit.tasks import get_task
-    from peftkit.train import resolve_precision, total_train_steps
 
     set_seed(recipe.train.seed)
     task = get_task(recipe.task)
@@ -104,8 +106,6 @@ def build(recipe) -> Build:
 def at_least_min_steps(recipe, n_train: int):
     """train.min_steps: small data trains for more epochs instead of stopping after a few dozen
     steps (issue 15: SST-2 with 500 sentences stays at chance after 2 epochs = 32 steps)."""
-    from peftkit.train import total_train_steps
-
     t = recipe.train
     steps = total_train_steps(recipe, n_train, env.world_size())
     if t.max_steps or not t.min_steps or steps >= t.min_steps:
@@ -123,15 +123,15 @@ def settle_learning_rate(parts: Build, run_dir: Path):
     recipe = parts.recipe
     if recipe.train.learning_rate != "auto":
         return recipe, None
-    from peftkit.lr_search import FILE, find_learning_rate
+    from peftkit.lr_search import find_learning_rate  # transformers at import time
 
-    saved = run_dir / FILE
+    saved = run_dir / rundir.LR_SEARCH
     if saved.is_file():
         record = json.loads(saved.read_text(encoding="utf-8"))
         print(f"learning rate: {record['chosen']:g} (chosen when this run started: {saved})")
     else:
         echo = print if env.is_main() else (lambda *a, **k: None)
-        record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / "lr_search.tmp",
+        record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / rundir.LR_SEARCH_TMP,
                                     echo=echo, world_size=env.world_size()).record()
         if env.is_main():
             rundir.write_json(saved, record)
@@ -141,10 +141,6 @@ def settle_learning_rate(parts: Build, run_dir: Path):
 
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
-    from peftkit.quantization import memory_footprint
-    from peftkit.strategies.base import count_parameters
-    from peftkit.train import TokenCounter, build_trainer, run_training
-
     task, strategy = parts.task, parts.strategy
     model, callbacks = parts.fresh_model()
     trainable, total = count_parameters(model)
@@ -194,13 +190,9 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
 
 def judge(result: dict) -> dict:
     """The health record: collapse checks on the test predictions and the loss curve."""
-    from peftkit import health
-
     result["test"], record = health.split_metrics(result["test"], "test", lr_fix(result),
                                                   result.pop("_losses", []))
     if record["findings"] and env.is_main():
-        import click
-
         click.secho(health.warning_text(record["findings"]), fg="red", bold=True, err=True)
     return record
 
@@ -236,9 +228,6 @@ def absolute_paths(recipe):
 
 def report_labels(raw, recipe) -> dict:
     """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
-    from peftkit.data.labels import format_distribution
-    from peftkit.data.readers import check_labels
-
     dist, found = check_labels(raw, recipe)
     if env.is_main() and dist:
         print("labels: " + "\n        ".join(format_distribution(dist)))
@@ -270,8 +259,6 @@ def peak_memory_mb() -> float:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("peftkit", "torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes"):
         try:

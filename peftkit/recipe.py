@@ -148,7 +148,8 @@ class Recipe:
     @property
     def strategy_impl(self):
         """The Strategy object of strategy.name (imports its implementation on first use)."""
-        return self.resolve_once(("strategy", self.strategy_name), lambda: get_strategy(self.strategy_name))
+        name = self.strategy_name
+        return self.resolve_once(("strategy", name), lambda: get_strategy(name))
 
     def with_quantization(self, mode: str) -> "Recipe":
         """A copy that loads the base as `mode` (merge reloads an 8-bit run's base in full precision:

@@ -38,10 +38,11 @@ from peftkit.errors import PeftkitError, UsageError
 
 RESULT, RECIPE, LABELS, METRICS = "result.json", "recipe.yaml", "labels.json", "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
-LR_SEARCH = "lr_search.json"
+LR_SEARCH, LR_SEARCH_TMP = "lr_search.json", "lr_search.tmp"  # the second: probes' scratch folder
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"  # the weights: a strategy's result, or a whole model
-RUN_MARKERS = (RESULT, RECIPE, METRICS, CHECKPOINTS, LABELS, ADAPTER_DIR, MODEL_DIR,
-               f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp", "error.json", "variant.json")  # last two: peftkit bench
+WEIGHTS_TMP = (f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp")  # weights being written (save_weights)
+RUN_MARKERS = (RESULT, RECIPE, METRICS, CHECKPOINTS, LABELS, ADAPTER_DIR, MODEL_DIR, *WEIGHTS_TMP,
+               "error.json", "variant.json")  # last two: peftkit bench
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -99,7 +100,7 @@ def folder_state(run_dir: Path) -> str:
 
 def remove_stale(run_dir: Path) -> None:
     """A run killed before its first checkpoint: its logs and partial files would mislead."""
-    for name in (METRICS, CHECKPOINTS, LR_SEARCH, "lr_search.tmp", f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp"):
+    for name in (METRICS, CHECKPOINTS, LR_SEARCH, LR_SEARCH_TMP, *WEIGHTS_TMP):
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)

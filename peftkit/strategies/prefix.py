@@ -252,7 +252,8 @@ def init_token_ids(model, cfg: PrefixConfig, tokenizer) -> torch.Tensor:
 class PrefixStrategy(Strategy):
     name = "prefix"
     can_merge = False
-    merge_refusal = "prefixes are extra keys and values every attention layer attends to, not a weight delta"
+    merge_refusal = ("prefixes are extra keys and values every attention layer attends to, not a "
+                     "weight delta")
     plot_markers = {"prefix": "v"}
     peft_format = False
     packable = False   # the prefix columns are prepended to the mask (extend_mask)
