@@ -151,6 +151,8 @@ def test_sigterm_checkpoints_and_adalora_resumes_identically(tmp_path, tiny_bert
     assert same == {k: v for k, v in reference["test"].items() if not k.endswith(TIMING)}
     assert resumed["adalora"]["ranks"] == reference["adalora"]["ranks"]
     assert loss_steps(tmp_path / "run") == loss_steps(tmp_path / "ref")
+    saved = json.loads((tmp_path / "ref" / "adapter" / "adapter_config.json").read_text())
+    assert saved["orth_reg_weight"] == recipe.strategy.orth_reg_weight  # zeroed only to evaluate
 
 
 # ---------------------------------------------------------------- divergence
