@@ -5,7 +5,7 @@
              ──▶ SignalStop        Ctrl-C / SIGTERM: finish the step, checkpoint, stop cleanly
     epoch begin ▶ SeededDataOrder  batch order of epoch e = f(data_seed, e): a resumed run
                                    sees the same batches as an uninterrupted one
-    save ───────▶ CheckpointExtras state the Trainer does not checkpoint (AdaLoRA's allocator)
+    save ───────▶ CheckpointExtras state the Trainer does not checkpoint (the strategy's)
     epoch end ──▶ CheckpointExtras also checkpoint at epoch ends when saving every N steps
 
 Everything a run needs to continue bit-for-bit lives in `checkpoints/checkpoint-N/`: the Trainer
@@ -25,6 +25,8 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from peftkit.errors import PeftkitError
+from peftkit.strategies import get_strategy
+from peftkit.strategies.base import Strategy
 
 EXTRAS_FILE = "peftkit_state.pt"
 
@@ -47,7 +49,7 @@ class RunInterrupted(KeyboardInterrupt):
 def guard_callbacks(recipe) -> list:
     """The callbacks every run gets (module docstring), in the order they must run."""
     return [SeededDataOrder(recipe.train.seed), NonFiniteGuard(recipe.train.learning_rate),
-            SignalStop(), CheckpointExtras()]
+            SignalStop(), CheckpointExtras(get_strategy(recipe.strategy_name))]
 
 
 # ---------------------------------------------------------------- data order
@@ -146,90 +148,68 @@ def first_non_finite(model) -> str | None:
 
 class CheckpointExtras(TrainerCallback):
     """Checkpoint at epoch ends as well as every train.save_steps, and save the state that is part
-    of the model's training but not of its weights: AdaLoRA's importance averages (RankAllocator)
-    and its rank pattern.
+    of the model's training but not of its weights. What that state is, the strategy says
+    (Strategy.checkpoint_state: AdaLoRA's importance averages and rank pattern); so is what must
+    be set aside while the Trainer writes a checkpoint (Strategy.set_aside_for_checkpoint)."""
 
-    peft saves an AdaLoRA adapter with a rank pattern set *resized* to the kept ranks, which the
-    resumed (full-size) model cannot load; while the Trainer writes a checkpoint the pattern is
-    moved aside, so the checkpoint holds the full-size masked weights, and restored afterwards."""
-
-    def __init__(self):
+    def __init__(self, strategy=None):
+        self.strategy = strategy if strategy is not None else Strategy()
         self.last_saved = -1
-        self.stashed = None
-        self.resume_from: str | None = None  # set by peftkit.resume.train (the Trainer doesn't say)
+        self.set_aside = None
+        self.resume_from: str | None = None  # set by train.run_training (the Trainer doesn't say)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if control.should_save:
-            self.stash_rank_pattern(model)
+            self.set_aside_once(model)
 
     def on_epoch_end(self, args, state, control, model=None, **kwargs):
         if args.save_strategy == "steps" and state.global_step != self.last_saved:
             control.should_save = True
         if control.should_save:
-            self.stash_rank_pattern(model)
+            self.set_aside_once(model)
 
     def on_save(self, args, state, control, model=None, **kwargs):
-        self.restore_rank_pattern(model)
+        if self.set_aside is not None:
+            self.strategy.put_back_after_checkpoint(model, self.set_aside)
+            self.set_aside = None
         self.last_saved = state.global_step
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            save_extras(folder, model)
+            save_extras(folder, self.strategy, model)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.last_saved = state.global_step
         if self.resume_from:
-            load_extras(Path(self.resume_from), model)
+            load_extras(Path(self.resume_from), self.strategy, model)
 
-    def stash_rank_pattern(self, model) -> None:
-        config = adalora_config(model)
-        if config is not None and config.rank_pattern is not None and self.stashed is None:
-            self.stashed, config.rank_pattern = config.rank_pattern, None
-
-    def restore_rank_pattern(self, model) -> None:
-        config = adalora_config(model)
-        if config is not None and self.stashed is not None:
-            config.rank_pattern, self.stashed = self.stashed, None
+    def set_aside_once(self, model) -> None:
+        if self.set_aside is None:
+            self.set_aside = self.strategy.set_aside_for_checkpoint(model)
 
 
-def adalora_config(model):
-    tuner = getattr(model, "base_model", None)
-    if model is None or not hasattr(tuner, "rankallocator"):
-        return None
-    return model.peft_config[tuner.trainable_adapter_name]
-
-
-def save_extras(folder: Path, model) -> None:
+def save_extras(folder: Path, strategy, model) -> None:
+    """peftkit_state.pt in every checkpoint: {strategy name: its state} (empty when it has none)."""
     import torch
 
     extras = {}
-    config = adalora_config(model)
-    if config is not None:
-        alloc = model.base_model.rankallocator
-        extras["adalora"] = {"rank_pattern": config.rank_pattern, "ipt": alloc.ipt,
-                             "exp_avg_ipt": alloc.exp_avg_ipt, "exp_avg_unc": alloc.exp_avg_unc}
+    state = strategy.checkpoint_state(model)
+    if state is not None:
+        extras[strategy.name] = state
     tmp = folder / (EXTRAS_FILE + ".tmp")
     torch.save(extras, tmp)
     os.replace(tmp, folder / EXTRAS_FILE)
 
 
-def load_extras(folder: Path, model) -> None:
+def load_extras(folder: Path, strategy, model) -> None:
     import torch
 
     path = folder / EXTRAS_FILE
-    config = adalora_config(model)
     if not path.is_file():
-        if config is not None:
-            print(f"warning: {folder} has no {EXTRAS_FILE}; AdaLoRA's importance scores restart "
-                  "from zero, so the resumed run will differ slightly from an uninterrupted one")
+        strategy.restore_checkpoint_state(model, None, folder)
         return
     extras = torch.load(path, map_location="cpu", weights_only=True)  # tensors only, no pickle code
-    if config is not None and "adalora" in extras:
-        state = extras["adalora"]
-        alloc = model.base_model.rankallocator
-        device = next(model.parameters()).device
-        for key in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
-            setattr(alloc, key, {n: t.to(device) for n, t in state[key].items()})
-        config.rank_pattern = state["rank_pattern"]
+    if strategy.name in extras:
+        strategy.restore_checkpoint_state(model, extras[strategy.name], folder)
 
 
 # ---------------------------------------------------------------- signals

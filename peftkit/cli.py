@@ -5,45 +5,12 @@ Nothing heavy is imported at module level: `peftkit --help` and `peftkit validat
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import click
 
-from peftkit import __version__
-
-
-def friendly_errors(fn):
-    """Print peftkit's own errors as one screen of text and exit non-zero, without a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from peftkit.errors import PeftkitError
-
-        sigterm_as_ctrl_c()
-        try:
-            return fn(*args, **kwargs)
-        except PeftkitError as exc:
-            if not getattr(exc, "relayed", False):  # else the main process has printed it
-                click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt as exc:  # peftkit.callbacks.RunInterrupted says where it stopped
-            click.secho(f"interrupted: {exc}" if str(exc) else
-                        "interrupted: finished files are intact; rerun with --resume to continue",
-                        fg="yellow", err=True)
-            sys.exit(getattr(exc, "exit_code", 130))
-
-    return wrapper
-
-
-def sigterm_as_ctrl_c() -> None:
-    """SIGTERM (`kill`, a job scheduler) stops peftkit like Ctrl-C: clean exit, same message.
-    During training peftkit.callbacks.SignalStop takes both over to checkpoint first."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
+from peftkit import __version__, env
+from peftkit.cli_errors import friendly_errors
 
 
 # Commands that live in their own modules, imported only when listed or invoked.
@@ -93,22 +60,24 @@ def main():
 @friendly_errors
 def run(recipe, overrides, out, overwrite, resume, nproc):
     """Train and evaluate RECIPE; OVERRIDES are dotted key=value pairs (train.epochs=1)."""
-    from peftkit import distributed
     from peftkit.recipe import load_recipe
 
     parsed = load_recipe(recipe, list(overrides))  # a bad recipe fails here, before any launch
     if nproc > 1:
-        sys.exit(distributed.launch_run(nproc, parsed, recipe, overrides, out, overwrite, resume))
+        from peftkit.launch import launch_run
+
+        sys.exit(launch_run(nproc, parsed, recipe, overrides, out, overwrite, resume))
     from peftkit.pipeline import run_recipe
     from peftkit.summary import print_summary
 
     result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
-    if distributed.is_main():  # one summary, not one per process
+    if env.is_main():  # one summary, not one per process
         print_summary(result)
     from peftkit.health import COLLAPSE_EXIT_CODE, is_collapsed
+    from peftkit.launch import launched_by_peftkit
 
     if is_collapsed(result) and parsed.eval.fail_on_collapse \
-            and not distributed.launched_by_peftkit():  # --nproc: the parent says it, once
+            and not launched_by_peftkit():  # --nproc: the parent says it, once
         sys.exit(COLLAPSE_EXIT_CODE)
 
 

@@ -1,4 +1,5 @@
-"""Running under torchrun / accelerate launch: one writer for the run folder, and `--nproc`.
+"""Running under torchrun / accelerate launch: one writer for the run folder, collectives, and
+saving sharded weights.
 
 peftkit never implements its own distribution. The Trainer (through accelerate) wraps the model in
 DDP, or FSDP / DeepSpeed from an accelerate config, shards the training batches and gathers the
@@ -15,38 +16,20 @@ is keeping the run folder single-writer:
     barrier() · · · waits · · · · · · · · · ◀──  adapter/, labels.json, result.json
     return                                       print the summary
 
-Reads the launcher's environment (RANK, WORLD_SIZE, LOCAL_WORLD_SIZE), so it is torch-free at
-import time: the CLI uses it for `--nproc`.
+Who is who (rank, world size) is peftkit.env's; starting the processes (`--nproc`) is
+peftkit.launch's. Torch is imported inside the functions that need it.
 """
 
 from __future__ import annotations
 
-import os
 import pickle
-import signal
-import subprocess
-import sys
 from datetime import timedelta
 
+from peftkit import rundir
+from peftkit.env import is_main, world_size
+from peftkit.errors import UsageError
+
 DDP_TIMEOUT = timedelta(seconds=1800)  # TrainingArguments.ddp_timeout's default
-
-
-def world_size() -> int:
-    """Processes of a torchrun / accelerate launch (1 when not launched)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main() -> bool:
-    """The process that writes the run folder and prints (the Trainer's is_world_process_zero)."""
-    return rank() == 0
-
-
-def local_world_size() -> int:
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
 
 
 def _ready() -> bool:
@@ -127,118 +110,6 @@ def all_sum(values: list[float]) -> list[float]:
     return total.tolist()
 
 
-# ---------------------------------------------------------------- `peftkit run --nproc N`
-
-def launch_command(nproc: int, args: list[str]) -> list[str]:
-    """torch's own launcher (torchrun) on this machine. --standalone picks a free port, so two runs
-    (or a run and a test) on one machine do not collide on 29500."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "peftkit", *args]
-
-
-def launch_env(nproc: int) -> dict:
-    """torchrun sets OMP_NUM_THREADS=1 for every worker when it is unset; on CPU the cores are the
-    workers' to share, so give each its part instead (the user's own setting wins)."""
-    env = dict(os.environ)
-    env[LAUNCHED_ENV] = "1"  # the workers leave the collapse exit code to this parent (cli.run)
-    if "OMP_NUM_THREADS" not in env:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        env["OMP_NUM_THREADS"] = str(max(1, (cores or 1) // nproc))
-    return env
-
-
-def launch(nproc: int, args: list[str]) -> int:
-    """Run `peftkit ARGS` in `nproc` processes; returns the launcher's exit code.
-
-    Ctrl-C in a terminal reaches the launcher and its workers directly (one process group), so
-    this process only waits; a SIGTERM sent to it alone is passed on to the launcher."""
-    import threading
-
-    proc = subprocess.Popen(launch_command(nproc, args), env=launch_env(nproc))
-    if threading.current_thread() is not threading.main_thread():  # signals are the main thread's
-        return proc.wait()
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, lambda signum, frame: proc.send_signal(signal.SIGTERM))
-    try:
-        return proc.wait()
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
-LAUNCHED_ENV = "PEFTKIT_LAUNCHED"
-
-
-def launched_by_peftkit() -> bool:
-    return os.environ.get(LAUNCHED_ENV) == "1"
-
-
-def collapsed(run_dir) -> bool:
-    """The finished run in `run_dir` trained but learned nothing useful (peftkit.health)."""
-    import json
-    from pathlib import Path
-
-    from peftkit import rundir
-    from peftkit.health import is_collapsed
-
-    try:
-        result = json.loads((Path(run_dir) / rundir.RESULT).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return is_collapsed(result)
-
-
-def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool, resume: bool) -> int:
-    """`peftkit run ... --nproc N`: the same command, without --nproc, in N processes."""
-    from pathlib import Path
-
-    from peftkit import rundir
-    from peftkit.errors import UsageError
-
-    if world_size() > 1:
-        raise UsageError("--nproc starts its own processes; under torchrun or accelerate launch, "
-                         "leave it out (the launcher's --nproc-per-node / --num_processes decides)")
-    # The folder rules here first: a refusal (finished run, foreign folder) reads as one line, not
-    # through the launcher's report. They are idempotent: the main process applies them again.
-    rundir.prepare(Path(out or rundir.default_run_dir(parsed)), overwrite, resume)
-    args = ["run", str(recipe), *overrides, *(["--out", str(out)] if out else []),
-            *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else [])]
-    code = launch(nproc, args)
-    if code == 0 and parsed.eval.fail_on_collapse and collapsed(out or rundir.default_run_dir(parsed)):
-        from peftkit.health import COLLAPSE_EXIT_CODE
-
-        return COLLAPSE_EXIT_CODE
-    return code
-
-
-def run_in_processes(recipe, run_dir, nproc: int) -> dict:
-    """pipeline.run_recipe(recipe, run_dir=run_dir, overwrite=True) in `nproc` processes (what
-    `peftkit bench --nproc N` does per variant): the resolved recipe travels as a YAML file, the
-    result comes back through the run folder's result.json."""
-    import json
-    import tempfile
-    from pathlib import Path
-
-    import yaml
-
-    from peftkit.errors import PeftkitError
-    from peftkit.pipeline import absolute_paths
-
-    run_dir = Path(run_dir)
-    resolved = absolute_paths(recipe)  # local model / data paths no longer depend on the folder
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="peftkit-", delete=False) as f:
-        yaml.safe_dump(resolved.to_dict(), f, sort_keys=False)
-    try:
-        code = launch(nproc, ["run", f.name, "--out", str(run_dir), "--overwrite"])
-    finally:
-        os.unlink(f.name)
-    if code != 0:
-        raise PeftkitError(f"the {nproc}-process run exited with code {code}; its error is printed "
-                           "above")
-    return json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
-
-
 # ---------------------------------------------------------------- sharded engines (accelerate config)
 
 def sharded(trainer) -> bool:
@@ -253,38 +124,28 @@ def sharded(trainer) -> bool:
 def check_engine(trainer, strategy) -> None:
     """Before training: strategies saved in peftkit's own format read their parameters one by one,
     which FSDP / ZeRO-3 have cut into shards; they are small, so DDP is the engine for them."""
-    from peftkit.errors import UsageError
-
-    if sharded(trainer) and not (strategy.peft_format or strategy.name == "full"):
+    if sharded(trainer) and not strategy.saved_by_save_pretrained:
         raise UsageError(f"strategy {strategy.name!r} under FSDP / DeepSpeed ZeRO-3 is not "
                          "supported: its adapter is saved from the unsharded parameters. Launch it "
                          "with DDP (recipes/accelerate/ddp_gpu.yaml, or --nproc) or ZeRO-2")
 
 
-class _GatheredSave:
-    """strategy.save with the full state dict gathered from every process (peft's and
-    transformers' save_pretrained take it as `state_dict`)."""
-
-    def __init__(self, strategy, model, state_dict):
-        self.name, self.model, self.state_dict = strategy.name, model, state_dict
-
-    def save(self, model, folder) -> None:
-        self.model.save_pretrained(str(folder), state_dict=self.state_dict)
-
-
-def save_weights(trainer, run_dir, strategy, tokenizer, labels):
+def save_weights(trainer, run_dir, strategy, tokenizer, labels, cfg=None):
     """adapter/ (or model/) written by the main process; returns its path there, None elsewhere.
 
     Under FSDP / ZeRO-3 every process first takes part in gathering the full state dict (as the
     Trainer's own save_model does: FSDP needs fsdp_state_dict_type FULL_STATE_DICT, ZeRO-3
     stage3_gather_16bit_weights_on_model_save), then the main process writes it."""
-    from peftkit import rundir
-
     if not sharded(trainer):
-        return rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels) if is_main() else None
+        return (rundir.save_weights(run_dir, strategy, trainer.model, tokenizer, labels, cfg)
+                if is_main() else None)
     engine = trainer.deepspeed if getattr(trainer, "is_deepspeed_enabled", False) else trainer.model
     state_dict = trainer.accelerator.get_state_dict(engine)  # collective: every process
     if not is_main():
         return None
     model = trainer.accelerator.unwrap_model(trainer.model)
-    return rundir.save_weights(run_dir, _GatheredSave(strategy, model, state_dict), model, tokenizer, labels)
+    # the full state dict gathered from every process (save_pretrained takes it as `state_dict`)
+    def write(folder):
+        model.save_pretrained(str(folder), state_dict=state_dict)
+
+    return rundir.save_weights(run_dir, strategy, model, tokenizer, labels, write=write)

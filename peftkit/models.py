@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from peftkit.errors import UsageError
-from peftkit.models_registry import ModelSource, alias_list, resolve_model
+from peftkit.models_registry import ModelSource, alias_list, model_source
 
 
 def source_of(recipe) -> ModelSource:
     try:
-        return resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+        return model_source(recipe)
     except LookupError as exc:
         raise UsageError(f"model.name: {exc}") from None
 

@@ -91,8 +91,15 @@ def in_hub_cache(repo_id: str) -> bool:
     return isinstance(found, str)
 
 
+def model_source(recipe) -> ModelSource:
+    """resolve_model for a recipe's model section, looked up once per recipe (Recipe.resolve_once)."""
+    m, base_dir = recipe.model, recipe.base_dir
+    return recipe.resolve_once(("model", m.name, m.gguf_file, base_dir),
+                               lambda: resolve_model(m.name, m.gguf_file, base_dir))
+
+
 def check_model_name(recipe, problems: list[str]) -> None:
     try:
-        resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+        model_source(recipe)
     except LookupError as exc:
         problems.append(f"model.name: {exc}")

@@ -17,17 +17,16 @@ Needs a 4-D mask, which transformers passes to SDPA as it is; not for sequence c
 
 from __future__ import annotations
 
-IGNORE = -100
+from peftkit.tasks.base import IGNORE
+
 TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal attention
 
 
 def packing_applies(recipe, model) -> bool:
     """True when the recipe asks for packing and task, strategy and attention kernel allow it."""
-    from peftkit.strategies import get_strategy
-
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
     return (recipe.train.packing and recipe.task in TASKS
-            and get_strategy(recipe.strategy_name).packable and attn == "sdpa")
+            and recipe.strategy_impl.packable and attn == "sdpa")
 
 
 def trainer_class(recipe, model, pad_id: int):

@@ -9,12 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from peftkit import distributed, rundir, tracking
+import click
+
+from peftkit import distributed, env, health, rundir, tracking
+from peftkit.data.labels import format_distribution
+from peftkit.data.readers import check_labels, load_raw
+from peftkit.data.registry import data_source
+from peftkit.models import init_head_bias, load_model, load_tokenizer, source_of
+from peftkit.models_registry import model_source
+from peftkit.quantization import memory_footprint
+from peftkit.resume import checkpoint_to_resume
+from peftkit.strategies.base import ApplyContext, count_parameters
+from peftkit.tasks import get_task
+from peftkit.train import TokenCounter, build_trainer, resolve_precision, run_training, total_train_steps
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -26,14 +38,10 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     state, checkpoint = distributed.main_first(
         lambda: prepare_folder(run_dir, recipe, overwrite, resume))
     if state == "finished":  # --resume of a run that already finished: nothing to train
-        from peftkit.resume import finished_result
-
-        return distributed.main_first(lambda: finished_result(run_dir))
-    from peftkit.train import set_threads
-
-    set_threads(recipe)
+        return distributed.main_first(lambda: rundir.finished_result(run_dir))
+    env.set_threads(recipe)
     parts = build(recipe)
-    if distributed.is_main():
+    if env.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
     trained, search = settle_learning_rate(parts, run_dir)  # parts.recipe: min_steps applied
     result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
@@ -41,7 +49,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
     result["health"] = judge(result)
-    if distributed.is_main():
+    if env.is_main():
         rundir.write_json(run_dir / rundir.RESULT, result)  # last: it marks the run finished
     tracking.finish(tracker, trained, result)
     distributed.barrier()  # the other processes return once the run folder is complete
@@ -68,8 +76,6 @@ class Build:
         """(model with the strategy applied, its callbacks): the same weights for the same seed."""
         from transformers import set_seed
 
-        from peftkit.models import init_head_bias, load_model
-
         set_seed(self.recipe.train.seed)
         model = load_model(self.source, self.recipe, self.task, self.labels)
         if self.head_prior is not None:   # before apply: peft copies the head it trains
@@ -81,13 +87,6 @@ class Build:
 def build(recipe) -> Build:
     from transformers import set_seed
 
-    from peftkit.data.readers import load_raw
-    from peftkit.models import load_tokenizer, source_of
-    from peftkit.strategies import get_strategy
-    from peftkit.strategies.base import ApplyContext
-    from peftkit.tasks import get_task
-    from peftkit.train import resolve_precision, total_train_steps
-
     set_seed(recipe.train.seed)
     task = get_task(recipe.task)
     raw = load_raw(recipe, task)
@@ -96,30 +95,28 @@ def build(recipe) -> Build:
     source = source_of(recipe)
     tokenizer = load_tokenizer(source, recipe)
     encoded, data_stats = task.encode(raw, tokenizer, recipe, labels)
-    if distributed.is_main():
+    if env.is_main():
         report_truncation(data_stats, recipe)
     recipe = at_least_min_steps(recipe, len(encoded["train"]))
-    quantized = recipe.model.quantization != "none"
+    quantized = recipe.model.quantized
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
-                       total_steps=total_train_steps(recipe, len(encoded["train"]), world_size()))
+                       total_steps=total_train_steps(recipe, len(encoded["train"]), env.world_size()))
     data_stats["label_counts"] = dist
     prior = (task.label_prior(encoded["train"], len(labels))
              if labels and recipe.model.head_init == "prior" else None)
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
-                 get_strategy(recipe.strategy_name), ctx, resolve_precision(recipe.train.precision, quantized),
+                 recipe.strategy_impl, ctx, resolve_precision(recipe.train.precision, quantized),
                  prior)
 
 
 def at_least_min_steps(recipe, n_train: int):
     """train.min_steps: small data trains for more epochs instead of stopping after a few dozen
     steps (issue 15: SST-2 with 500 sentences stays at chance after 2 epochs = 32 steps)."""
-    from peftkit.train import total_train_steps
-
     t = recipe.train
-    steps = total_train_steps(recipe, n_train, world_size())
+    steps = total_train_steps(recipe, n_train, env.world_size())
     if t.max_steps or not t.min_steps or steps >= t.min_steps:
         return recipe
-    if distributed.is_main():
+    if env.is_main():
         print(f"note: {n_train:,} training examples give {steps} steps at train.epochs={t.epochs:g}; "
               f"training train.min_steps={t.min_steps} steps instead "
               f"(about {t.epochs * t.min_steps / steps:.1f} epochs)")
@@ -132,17 +129,17 @@ def settle_learning_rate(parts: Build, run_dir: Path):
     recipe = parts.recipe
     if recipe.train.learning_rate != "auto":
         return recipe, None
-    from peftkit.lr_search import FILE, find_learning_rate
+    from peftkit.lr_search import find_learning_rate  # transformers at import time
 
-    saved = run_dir / FILE
+    saved = run_dir / rundir.LR_SEARCH
     if saved.is_file():
         record = json.loads(saved.read_text(encoding="utf-8"))
         print(f"learning rate: {record['chosen']:g} (chosen when this run started: {saved})")
     else:
-        echo = print if distributed.is_main() else (lambda *a, **k: None)
-        record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / "lr_search.tmp",
-                                    echo=echo, world_size=world_size()).record()
-        if distributed.is_main():
+        echo = print if env.is_main() else (lambda *a, **k: None)
+        record = find_learning_rate(recipe, parts, parts.ctx.total_steps, run_dir / rundir.LR_SEARCH_TMP,
+                                    echo=echo, world_size=env.world_size()).record()
+        if env.is_main():
             rundir.write_json(saved, record)
     train = dataclasses.replace(recipe.train, learning_rate=record["chosen"])
     return dataclasses.replace(recipe, train=train), record
@@ -150,15 +147,11 @@ def settle_learning_rate(parts: Build, run_dir: Path):
 
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
-    from peftkit.health_watch import HealthWatch
-    from peftkit.quantization import memory_footprint
-    from peftkit.resume import train as train_run
-    from peftkit.strategies.base import count_parameters
-    from peftkit.train import TokenCounter, build_trainer
+    from peftkit.health_watch import HealthWatch   # a TrainerCallback: transformers stays lazy
 
     task, strategy = parts.task, parts.strategy
     model, callbacks = parts.fresh_model()
-    watch = HealthWatch(echo=distributed.is_main())   # the collapse checks at every evaluation
+    watch = HealthWatch(echo=env.is_main())   # the collapse checks at every evaluation
     trainable, total = count_parameters(model)
     model_memory_mb = memory_footprint(model) / 2**20  # as stored: int8 / packed NF4 weights are smaller
     trainer = build_trainer(recipe, model, parts.tokenizer, task, parts.encoded, parts.labels, run_dir,
@@ -168,11 +161,11 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
     counter = TokenCounter(trainer.model)  # real vs padded tokens of the training batches
     start = time.perf_counter()
-    train_out = train_run(trainer, checkpoint, run_dir)  # + signals, disk errors
+    train_out = run_training(trainer, checkpoint, run_dir)  # + signals, disk errors
     train_seconds = time.perf_counter() - start
     counter.remove()
     real, slots = distributed.all_sum([counter.real, counter.slots])  # every process's batches
-    test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test")
+    test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test", run_dir)
 
     result = {
         "run_dir": str(run_dir), "task": recipe.task, "strategy": recipe.strategy_name,
@@ -189,13 +182,14 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
         "train_tokens_per_second": real / train_seconds,
         "train_padding_fraction": 1.0 - real / slots if slots else 0.0,
         "peak_memory_mb": peak_memory_mb(), "model_memory_mb": model_memory_mb,
-        "world_size": world_size(),
+        "world_size": env.world_size(),
         "effective_batch_size": recipe.train.batch_size * recipe.train.gradient_accumulation_steps
-        * world_size(),
+        * env.world_size(),
         "examples": {split: len(ds) for split, ds in parts.encoded.items()}, **parts.data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
-    saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels)
+    saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels,
+                                      recipe.strategy)
              if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers
     if trainer.is_world_process_zero() and saved is not None:
         result["adapter_bytes"] = rundir.dir_size(saved)
@@ -206,14 +200,10 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
 
 def judge(result: dict) -> dict:
     """The health record: collapse checks on the test predictions and the loss curve."""
-    from peftkit import health
-
     result["test"], record = health.split_metrics(result["test"], "test", lr_fix(result),
                                                   result.pop("_losses", []))
     record["evaluations"] = result.pop("_evaluations", [])   # health_watch: during training
-    if record["findings"] and distributed.is_main():
-        import click
-
+    if record["findings"] and env.is_main():
         click.secho(health.warning_text(record["findings"]), fg="red", bold=True, err=True)
     return record
 
@@ -228,25 +218,20 @@ def lr_fix(result: dict) -> str:
 
 
 def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tuple[str, str | None]:
-    """The existing-folder rules (peftkit/resume.py), then the checkpoint to resume from, if any."""
-    from peftkit.resume import checkpoint_to_resume
-
+    """The existing-folder rules (peftkit/rundir.py), then the checkpoint to resume from, if any."""
     state = rundir.prepare(run_dir, overwrite, resume)
     return state, checkpoint_to_resume(run_dir, recipe) if state == "resume" else None
 
 
 def absolute_paths(recipe):
     """Local model and data paths become absolute so the saved recipe works from anywhere."""
-    from peftkit.data.registry import resolve_data
-    from peftkit.models_registry import resolve_model
-
     recipe = dataclasses.replace(recipe, model=dataclasses.replace(recipe.model),
                                  data=dataclasses.replace(recipe.data))
-    source = resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+    source = model_source(recipe)  # validation's look-ups, kept on the recipe
     if source.kind in ("folder", "gguf"):
         recipe.model.name = str(Path(source.path) / source.gguf_file) if source.kind == "gguf" \
             else source.path
-    data = resolve_data(recipe)
+    data = data_source(recipe)
     if data.kind == "local":
         recipe.data.name, recipe.data.data_dir = data.location, None
     return recipe
@@ -254,11 +239,8 @@ def absolute_paths(recipe):
 
 def report_labels(raw, recipe) -> dict:
     """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
-    from peftkit.data.labels import format_distribution
-    from peftkit.data.readers import check_labels
-
     dist, found = check_labels(raw, recipe)
-    if distributed.is_main() and dist:
+    if env.is_main() and dist:
         print("labels: " + "\n        ".join(format_distribution(dist)))
         for problem in found:
             print(f"warning: {problem}")
@@ -277,11 +259,6 @@ def strip_prefix(metrics: dict, prefix: str) -> dict:
     return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in metrics.items()}
 
 
-def world_size() -> int:
-    """Processes of a torchrun / accelerate launch (known before the Trainer starts them)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
 def peak_memory_mb() -> float:
     import resource
 
@@ -293,8 +270,6 @@ def peak_memory_mb() -> float:
 
 
 def versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
     out = {}
     for pkg in ("peftkit", "torch", "transformers", "peft", "datasets", "accelerate", "bitsandbytes"):
         try:

@@ -53,12 +53,13 @@ def read_folder(path) -> tuple[str, object]:
                      f"(peftkit.json).{hint}")
 
 
-def load_for_inference(path) -> Loaded:
+def load_for_inference(path, folder: tuple[str, object] | None = None) -> Loaded:
+    """`folder`: what read_folder(path) said, when the caller has asked it already."""
     from peftkit import rundir
 
-    kind, recipe = read_folder(path)
+    kind, recipe = folder or read_folder(path)
     if kind != "merged":
-        model, tokenizer, recipe, labels, task = rundir.load_run(path)
+        model, tokenizer, recipe, labels, task = rundir.load_run(path, recipe=recipe)
         return Loaded(model, tokenizer, recipe, labels, task, kind)
     return load_merged(Path(path), recipe)
 
@@ -93,19 +94,21 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     Defaults: the run's data set and test split, with the run's max_test_samples; with another
     `data`, every example of the split unless `max_samples` says otherwise.
     """
-    from peftkit.train import build_trainer, resolve_precision, set_threads
+    from peftkit.env import set_threads
+    from peftkit.train import build_trainer, resolve_precision
 
     # the data settings are checked before any model is loaded
-    recipe = eval_recipe(read_folder(path)[1], data, split, max_samples, overrides)
-    loaded = load_for_inference(path)
+    folder = read_folder(path)  # recipe.yaml (or peftkit.json) is read once
+    recipe = eval_recipe(folder[1], data, split, max_samples, overrides)
+    loaded = load_for_inference(path, folder)
     set_threads(recipe)
     encoded = encode_split(loaded, recipe)
     test = encoded["test"]
-    precision = resolve_precision(recipe.train.precision, recipe.model.quantization != "none")
+    precision = resolve_precision(recipe.train.precision, recipe.model.quantized)
     with tempfile.TemporaryDirectory(prefix="peftkit-eval-") as tmp:
         trainer = build_trainer(recipe, loaded.model, loaded.tokenizer, loaded.task, encoded,
                                 loaded.labels, Path(tmp), precision, [])
-        metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test")
+        metrics = loaded.task.evaluate(trainer, encoded["test"], recipe, loaded.labels, "test", Path(tmp))
     from peftkit.health import split_metrics
 
     scores, health = split_metrics(metrics, "test")

@@ -22,6 +22,7 @@ import contextlib
 import functools
 import logging
 
+from peftkit.env import cpu_has_fast_bf16
 from peftkit.errors import PeftkitError
 
 # Output heads that must never be quantized, whatever the task: a causal LM's vocabulary
@@ -32,7 +33,7 @@ MODES = ("8bit", "4bit")
 
 def skip_modules(task) -> list[str]:
     """Modules bitsandbytes leaves in full precision. The task head is new and trains in full:
-    quantizing it breaks peft's modules_to_save copy (DESIGN.md). Passing this list replaces
+    quantizing it breaks peft's modules_to_save copy. Passing this list replaces
     transformers' own guess (last module + output embeddings), so the output heads are listed too."""
     return list(dict.fromkeys([*task.head_names, *OUTPUT_HEADS]))
 
@@ -44,10 +45,10 @@ def check_quantizable(recipe, problems: list[str]) -> None:
     mode = recipe.model.quantization
     if mode == "none":
         return
-    from peftkit.models_registry import resolve_model
+    from peftkit.models_registry import model_source
 
     try:
-        source = resolve_model(recipe.model.name, recipe.model.gguf_file, recipe.base_dir)
+        source = model_source(recipe)
     except (LookupError, OSError, ValueError):
         return  # check_model_name reports it
     if source.gguf_file:
@@ -74,8 +75,6 @@ def compute_dtype():
     """4-bit weights are de-quantized to this dtype for the matmul: bf16 where the hardware is
     fast at it (QLoRA's choice), fp16 on older GPUs, fp32 on CPUs without AVX-512 BF16."""
     import torch
-
-    from peftkit.train import cpu_has_fast_bf16
 
     if torch.cuda.is_available():
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

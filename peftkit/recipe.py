@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import RecipeError
-from peftkit.strategies.configs import STRATEGIES, opt
+from peftkit.strategies import get_strategy
+from peftkit.strategies.configs import DEFAULT_STRATEGY, STRATEGIES, opt
 
 TASKS = ["token-classification", "sequence-classification", "causal-lm"]
 
@@ -40,6 +41,11 @@ class ModelSection:
     trust_remote_code: bool = opt(False, "run model code shipped with a hub model")
     head_init: str = opt("prior", "the new task head's bias: log of the training labels' "
                          "frequencies (prior) or transformers' zeros (zero)", choices=["prior", "zero"])
+
+    @property
+    def quantized(self) -> bool:
+        """Loaded in 8 or 4 bit (bitsandbytes)."""
+        return self.quantization != "none"
 
 
 @dataclass
@@ -122,12 +128,16 @@ class Recipe:
     task: str = opt("token-classification", "what the model learns", choices=TASKS)
     model: ModelSection = field(default_factory=ModelSection)
     strategy: Any = None  # one of peftkit.strategies.configs, chosen by strategy.name
-    strategy_name: str = "lora"
+    strategy_name: str = DEFAULT_STRATEGY
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
     eval: EvalSection = field(default_factory=EvalSection)
     output: OutputSection = field(default_factory=OutputSection)
     source: str | None = None  # the recipe file, for messages and relative paths
+    # look-ups made once per recipe and shared by its copies (dataclasses.replace): where
+    # model.name and data.name point, the strategy object. Keyed by what they depend on, so a
+    # copy with another model.name resolves that name afresh (resolve_once).
+    resolved: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         """The resolved recipe as plain data, in the layout of a recipe file."""
@@ -136,6 +146,23 @@ class Recipe:
         for name in ("data", "train", "eval", "output"):
             out[name] = dataclasses.asdict(getattr(self, name))
         return out
+
+    @property
+    def strategy_impl(self):
+        """The Strategy object of strategy.name (imports its implementation on first use)."""
+        name = self.strategy_name
+        return self.resolve_once(("strategy", name), lambda: get_strategy(name))
+
+    def with_quantization(self, mode: str) -> "Recipe":
+        """A copy that loads the base as `mode` (merge reloads an 8-bit run's base in full precision:
+        merging into int8 weights would round the delta away)."""
+        return dataclasses.replace(self, model=dataclasses.replace(self.model, quantization=mode))
+
+    def resolve_once(self, key: tuple, resolve):
+        """resolve() the first time `key` is asked for, then the kept value (an error is not kept)."""
+        if key not in self.resolved:
+            self.resolved[key] = resolve()
+        return self.resolved[key]
 
     @property
     def base_dir(self) -> Path:
@@ -213,6 +240,17 @@ def build_recipe(raw: dict, overrides: list[str] = (), source: str | None = None
     return recipe
 
 
+def flatten(data: dict, prefix: str = "") -> dict:
+    """A recipe's nested sections as dotted keys, the override syntax: {"train.epochs": 3, ...}."""
+    out = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dict:
     """`train.epochs=1` -> raw['train']['epochs'] = 1; values parsed as YAML scalars/lists."""
     import copy
@@ -273,11 +311,11 @@ def build_strategy(raw: Any, problems: list[str]):
     if not isinstance(raw, dict):
         problems.append(f"strategy: must be a mapping with a name, not {type_name(raw)}")
         raw = {}
-    name = raw.get("name", "lora")
+    name = raw.get("name", DEFAULT_STRATEGY)
     if not isinstance(name, str) or name not in STRATEGIES:
         problems.append(f"strategy.name: {short(name)} is not a strategy; choose one of "
                         f"{', '.join(STRATEGIES)}{did_you_mean(str(name), list(STRATEGIES))}")
-        return "lora", STRATEGIES["lora"][0]()
+        return DEFAULT_STRATEGY, STRATEGIES[DEFAULT_STRATEGY][0]()
     settings = {k: v for k, v in raw.items() if k != "name"}
     return name, build_section("strategy", STRATEGIES[name][0], settings, problems)
 
@@ -410,16 +448,9 @@ def did_you_mean(word: str, options: list[str]) -> str:
 
 def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) -> None:
     """Checks that span several keys or look at the file system (no model is loaded)."""
-    if recipe.strategy_name == "full" and recipe.model.quantization != "none":
-        problems.append(f"strategy.name: full cannot train a {recipe.model.quantization} base "
-                        "(quantized weights have no gradients); use lora, adapter, prefix, ia3 or "
-                        "prompt, or set model.quantization: none")
+    recipe.strategy.check(recipe, problems)  # the strategy's own (strategies/configs.py)
     if recipe.train.eval_every == "steps" and recipe.train.eval_steps is None:
         problems.append("train.eval_steps: required when train.eval_every is steps")
-    s = recipe.strategy
-    if recipe.strategy_name == "adalora" and s.target_r > s.init_r:
-        problems.append(f"strategy.target_r: {s.target_r} is larger than strategy.init_r "
-                        f"{s.init_r}; AdaLoRA only prunes ranks")
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
         problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
                         "use smollm2-135m or another decoder for task causal-lm")

@@ -32,7 +32,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from peftkit.distributed import is_main
+from peftkit.env import is_main
+from peftkit.recipe import flatten
 
 LOGS = "logs"
 MLRUNS = "mlruns"
@@ -92,8 +93,6 @@ def start_mlflow(tracking: Tracking, recipe) -> None:
 def recipe_params(recipe) -> dict:
     """The resolved recipe as flat dotted keys (train.learning_rate: 0.0005); lists and nulls as
     text, since MLflow and TensorBoard's hparams take scalars and strings only."""
-    from peftkit.resume import flatten
-
     return {k: v if isinstance(v, (bool, int, float, str)) else ("null" if v is None else str(v))
             for k, v in flatten(recipe.to_dict()).items()}
 

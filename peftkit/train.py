@@ -1,12 +1,18 @@
-"""The one training path: transformers Trainer + peftkit's callbacks, whatever the strategy."""
+"""The one training path: transformers Trainer + peftkit's callbacks, whatever the strategy.
+
+    training_arguments + build_trainer ──▶ run_training (signals, disk errors) ──▶ train output
+"""
 
 from __future__ import annotations
 
-import functools
+import errno
 import json
 import math
-import os
+from contextlib import contextmanager
 from pathlib import Path
+
+from peftkit.env import cpu_has_fast_bf16
+from peftkit.errors import PeftkitError
 
 
 def resolve_precision(choice: str, quantized: bool = False) -> str:
@@ -20,17 +26,6 @@ def resolve_precision(choice: str, quantized: bool = False) -> str:
     if quantized:  # bitsandbytes' int8 CPU kernels run in fp32
         return "fp32"
     return "bf16" if cpu_has_fast_bf16() else "fp32"
-
-
-CPUINFO = Path("/proc/cpuinfo")  # Linux; elsewhere unreadable -> fp32
-
-
-def cpu_has_fast_bf16() -> bool:
-    try:
-        flags = CPUINFO.read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
 def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
@@ -191,21 +186,53 @@ class TokenCounter:
         self.handle.remove()
 
 
-def set_threads(recipe) -> None:
-    import torch
+# ---------------------------------------------------------------- training
 
-    if recipe.train.num_threads:
-        torch.set_num_threads(recipe.train.num_threads)
-    elif "OMP_NUM_THREADS" not in os.environ:  # processes of one launch share the cores
-        torch.set_num_threads(max(1, default_threads() // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+def run_training(trainer, checkpoint: str | None, run_dir: Path):
+    """trainer.train with peftkit's signal handling and disk errors turned into PeftkitErrors;
+    `checkpoint`: the one to resume from (peftkit.resume.checkpoint_to_resume), or None."""
+    from peftkit.callbacks import CheckpointExtras, SignalStop
+
+    stop = None
+    for cb in trainer.callback_handler.callbacks:
+        if isinstance(cb, CheckpointExtras):
+            cb.resume_from = checkpoint
+        if isinstance(cb, SignalStop):
+            stop = cb
+    with disk_errors(run_dir), (stop.installed() if stop else _nothing()):
+        return trainer.train(resume_from_checkpoint=checkpoint)
 
 
-@functools.lru_cache(maxsize=1)
-def default_threads() -> int:
-    """One thread per physical core this process may use: torch's own default (physical cores,
-    no hyper-threads: GEMM kernels share a core's FMA units) capped by the CPU affinity mask, which
-    torch ignores (taskset, containers). Cached: later set_num_threads calls change what torch says."""
-    import torch
+@contextmanager
+def _nothing():
+    yield
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, min(torch.get_num_threads(), usable or 1))
+
+DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+               errno.EROFS: "read-only file system"}
+
+
+TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
+
+
+@contextmanager
+def disk_errors(where: Path):
+    """Full disks and unwritable folders as one clear line naming the path, not a traceback."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in DISK_ERRNOS:
+            raise
+        raise PeftkitError(f"cannot write {exc.filename or where}: {DISK_ERRNOS[exc.errno]}. "
+                           "Free some space or point output.dir (or --out) at a writable "
+                           "folder") from None
+    except RuntimeError as exc:
+        # torch.save reports a failed write as a RuntimeError from its zip writer, without errno
+        text = str(exc)
+        if not any(k in text for k in TORCH_WRITE_ERRORS):
+            raise
+        raise PeftkitError(f"cannot write a checkpoint under {where}: "
+                           f"{text.splitlines()[0][:160]}. "
+                           "Is the disk full or the folder read-only? Free some space or point "
+                           "output.dir (or --out) elsewhere, then rerun with --resume") from None

@@ -101,7 +101,7 @@ def test_nproc_refuses_to_nest_inside_a_launcher(tiny_bert_dir, write_recipe, tm
 
 
 def test_launch_command_uses_torchs_launcher_on_a_free_port():
-    from peftkit.distributed import launch_command, launch_env
+    from peftkit.launch import launch_command, launch_env
 
     cmd = launch_command(3, ["run", "r.yaml", "--out", "x"])
     assert cmd[1:4] == ["-m", "torch.distributed.run", "--standalone"]
@@ -160,7 +160,7 @@ def test_bench_nproc_runs_each_variant_through_the_launcher(tiny_bert_dir, tmp_p
     of a resolved copy of its recipe; the result is read back from the run folder."""
     import yaml
 
-    from peftkit import distributed
+    from peftkit import launch
     from peftkit.bench.runner import run_one
     from peftkit.bench.suite import Variant
     from peftkit.recipe import build_recipe
@@ -175,7 +175,7 @@ def test_bench_nproc_runs_each_variant_through_the_launcher(tiny_bert_dir, tmp_p
         (folder / "result.json").write_text(json.dumps({"metric": "f1", "test": {"f1": 0.5}}))
         return 0
 
-    monkeypatch.setattr(distributed, "launch", fake_launch)
+    monkeypatch.setattr(launch, "launch", fake_launch)
     variant = Variant(name="lora-r4", group="lora-r4", seed=None, overrides={}, recipe=recipe)
     assert run_one(variant, tmp_path / "runs" / "lora-r4", nproc=2) == "f1 0.5000"
     (nproc, args, sent), = calls

@@ -111,7 +111,7 @@ def test_an_auto_run_records_its_search_and_trains_at_the_chosen_rate(tiny_bert_
 def test_a_fresh_run_in_a_started_folder_does_not_reuse_a_stale_choice(tmp_path):
     """lr_search.json is reused by --resume only; a run killed before its first checkpoint starts
     again with a new search (its recipe may have changed)."""
-    from peftkit.resume import LR_SEARCH, prepare
+    from peftkit.rundir import LR_SEARCH, prepare
 
     folder = tmp_path / "run"
     folder.mkdir()

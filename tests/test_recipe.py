@@ -129,3 +129,29 @@ def test_cli_run_bad_recipe_exits_2_before_loading_anything(tmp_path):
     path.write_text("strategy: {name: lora, r: 0}\n")
     result = CliRunner().invoke(main, ["run", str(path)])
     assert result.exit_code == 2 and "strategy.r: 0 is out of range; allowed >= 1" in result.output
+
+
+def test_model_and_data_are_resolved_once_per_run(monkeypatch):
+    """Validation looks model.name and data.name up; the run's later steps reuse what it found."""
+    from peftkit import models_registry, pipeline
+    from peftkit.data import registry
+    from peftkit.data.readers import role_sources
+    from peftkit.models import source_of
+
+    calls = {"model": 0, "data": 0}
+
+    def counting(kind, fn):
+        def wrapped(*args, **kwargs):
+            calls[kind] += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(models_registry, "resolve_model", counting("model", models_registry.resolve_model))
+    monkeypatch.setattr(registry, "resolve_data", counting("data", registry.resolve_data))
+    recipe = build_recipe({"task": "token-classification", "model": {"name": "org/some-encoder"},
+                           "data": {"name": "demo-ner"}, "strategy": {"name": "lora"}}, source=None)
+    run = pipeline.absolute_paths(recipe)
+    assert source_of(run).kind == "hub" and role_sources(run)["train"] == "demo-ner:train"
+    assert calls == {"model": 1, "data": 1}
+    assert run.strategy_impl is recipe.strategy_impl

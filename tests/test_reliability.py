@@ -21,7 +21,9 @@ from click.testing import CliRunner
 import peftkit.callbacks
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, UsageError
-from peftkit.resume import checkpoint_to_resume, disk_errors, prepare, truncate_metrics
+from peftkit.resume import checkpoint_to_resume, truncate_metrics
+from peftkit.rundir import prepare
+from peftkit.train import disk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMING = ("runtime", "per_second")
@@ -149,6 +151,8 @@ def test_sigterm_checkpoints_and_adalora_resumes_identically(tmp_path, tiny_bert
     assert same == {k: v for k, v in reference["test"].items() if not k.endswith(TIMING)}
     assert resumed["adalora"]["ranks"] == reference["adalora"]["ranks"]
     assert loss_steps(tmp_path / "run") == loss_steps(tmp_path / "ref")
+    saved = json.loads((tmp_path / "ref" / "adapter" / "adapter_config.json").read_text())
+    assert saved["orth_reg_weight"] == recipe.strategy.orth_reg_weight  # zeroed only to evaluate
 
 
 # ---------------------------------------------------------------- divergence

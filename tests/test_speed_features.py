@@ -12,6 +12,7 @@ import sys
 import pytest
 import torch
 
+from peftkit import env
 from peftkit import train as train_mod
 from peftkit.packing import first_fit
 from peftkit.recipe import build_recipe
@@ -129,7 +130,7 @@ def cpuinfo(tmp_path, flags: str):
                                             ("avx512f", "fp32"), ("", "fp32")])
 def test_auto_precision_on_cpu(monkeypatch, tmp_path, flags, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_mod, "CPUINFO", cpuinfo(tmp_path, flags))
+    monkeypatch.setattr(env, "CPUINFO", cpuinfo(tmp_path, flags))
     assert train_mod.resolve_precision("auto") == expected
     assert train_mod.resolve_precision("auto", quantized=True) == "fp32"  # int8 kernels are fp32
     assert train_mod.resolve_precision("fp32") == "fp32"  # an explicit choice is kept
@@ -138,7 +139,7 @@ def test_auto_precision_on_cpu(monkeypatch, tmp_path, flags, expected):
 
 def test_auto_precision_without_cpuinfo(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(train_mod, "CPUINFO", tmp_path / "missing")
+    monkeypatch.setattr(env, "CPUINFO", tmp_path / "missing")
     assert train_mod.resolve_precision("auto") == "fp32"
 
 
@@ -146,7 +147,7 @@ def test_auto_precision_without_cpuinfo(monkeypatch, tmp_path):
 def test_auto_precision_on_gpu(monkeypatch, tmp_path, bf16_ok, expected):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
-    monkeypatch.setattr(train_mod, "CPUINFO", cpuinfo(tmp_path, "avx512_bf16"))  # the GPU decides
+    monkeypatch.setattr(env, "CPUINFO", cpuinfo(tmp_path, "avx512_bf16"))  # the GPU decides
     assert train_mod.resolve_precision("auto") == expected
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from peftkit.bench.report import human_count, markdown_table, metric_text, seconds, summarize
+from peftkit.bench.numbers import higher_is_better, human_count
+from peftkit.bench.report import markdown_table, metric_text, seconds, summarize
 from peftkit.errors import UsageError
 
 
@@ -83,8 +84,6 @@ def time_change(ra, rb) -> str:
 
 
 def verdict(deltas: list[float], metric: str, only_a: list[str], only_b: list[str]) -> str:
-    from peftkit.bench.report import higher_is_better
-
     parts = []
     if deltas:
         sign = 1 if higher_is_better(metric) else -1

@@ -9,8 +9,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-MARKERS = {"full": "s", "lora": "o", "dora": "D", "adalora": "^", "adapter": "P", "prefix": "v",
-           "ia3": "X", "prompt": "*"}
+from peftkit.bench import numbers
+from peftkit.strategies import all_strategies
+
 SPARE_MARKERS = ["h", "<", ">", "p", "d", "8"]
 # Label positions tried in turn, as (dx, dy) in points from the marker, with their alignment.
 LABEL_SPOTS = [(9, 7, "left", "bottom"), (9, -7, "left", "top"), (-9, 7, "right", "bottom"),
@@ -40,17 +41,16 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from peftkit.bench.report import higher_is_better, human_count
-
     rows = [r for r in rows if r["mean"] is not None and r["trainable_params"]]
     if not rows:
         return
-    better = higher_is_better(rows[0]["metric"])
+    better = numbers.higher_is_better(rows[0]["metric"])
     fig = Figure(figsize=(10, 6.2), dpi=150, layout="constrained")
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     # fixed marker, colour and legend order per method, so that plots of different suites agree
-    known = list(MARKERS)
+    markers = method_markers()
+    known = list(markers)
     methods = sorted(dict.fromkeys(r["method"] for r in rows),
                      key=lambda m: (known.index(m) if m in known else len(known), m))
     spare = iter(SPARE_MARKERS * 3)
@@ -60,7 +60,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
         mine = [r for r in rows if r["method"] == m]
         stds = [r["std"] or 0.0 for r in mine]
         ax.errorbar([r["trainable_params"] for r in mine], [r["mean"] for r in mine],
-                    yerr=stds if any(stds) else None, fmt=MARKERS.get(m) or next(spare),
+                    yerr=stds if any(stds) else None, fmt=markers.get(m) or next(spare),
                     color=colors[m], markersize=9, capsize=3, linestyle="none", label=m, zorder=3)
 
     collapsed = [r for r in rows if r.get("collapsed")]
@@ -78,7 +78,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     ys = [p[1] for p in points]
     pad = (max(ys) - min(ys)) * 0.12 or 0.05
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
-    ax.xaxis.set_major_formatter(lambda x, _: human_count(x))
+    ax.xaxis.set_major_formatter(lambda x, _: numbers.human_count(x))
     ax.set_xlabel("trainable parameters (log scale)")
     ax.set_ylabel(f"test {rows[0]['metric']}")
     ax.set_title(title, fontsize=11)
@@ -92,6 +92,11 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     canvas.draw()  # fixes the layout, so label extents below are final
     place_labels(ax, rows, canvas.get_renderer())
     save_png(fig, Path(path))
+
+
+def method_markers() -> dict[str, str]:
+    """method -> marker, in registry order: each strategy declares its own (Strategy.plot_markers)."""
+    return {m: marker for s in all_strategies() for m, marker in s.plot_markers.items()}
 
 
 def add_percent_axis(ax, rows: list[dict]) -> None:

@@ -19,10 +19,11 @@ import time
 from pathlib import Path
 
 from peftkit import rundir
+from peftkit.bench.numbers import higher_is_better, human_count
+from peftkit.bench.plot import plot_pareto
 
 ERROR = "error.json"
 VARIANT = "variant.json"  # the settings a run folder was made with (see is_finished)
-LOWER_IS_BETTER = ("loss", "perplexity", "ppl", "wer", "cer", "ter")
 DICT_COLUMNS = ("strategy_settings", "overrides", "versions")  # JSON text in the CSV
 
 
@@ -74,7 +75,7 @@ def base_record(suite, variant) -> dict:
     return {
         "suite": suite.name, "variant": variant.name, "group": variant.group,
         "seed": r.train.seed, "status": None, "error": None,
-        "method": method_of(r.strategy_name, settings), "strategy": r.strategy_name,
+        "method": r.strategy_impl.method(settings), "strategy": r.strategy_name,
         "strategy_settings": settings, "learning_rate": r.train.learning_rate,
         "epochs": r.train.epochs, "task": r.task, "model": r.model.name, "dataset": r.data.name,
         "train_samples": r.data.max_train_samples, "quantization": r.model.quantization,
@@ -113,11 +114,6 @@ def failed_record(suite, variant, message: str) -> dict:
     return {**base_record(suite, variant), "status": "failed", "error": message}
 
 
-def method_of(strategy: str, settings: dict) -> str:
-    """The name people use: DoRA is LoRA with use_dora, but is compared as a method of its own."""
-    return "dora" if strategy == "lora" and settings.get("use_dora") else strategy
-
-
 def default_metric(task: str) -> str | None:
     try:
         from peftkit.tasks import get_task
@@ -125,10 +121,6 @@ def default_metric(task: str) -> str | None:
         return get_task(task).default_metric
     except (ImportError, AttributeError, KeyError):
         return None
-
-
-def higher_is_better(metric: str | None) -> bool:
-    return not (metric or "").lower().endswith(LOWER_IS_BETTER)
 
 
 # ---------------------------------------------------------------- rows (one per variant)
@@ -181,8 +173,6 @@ def write_reports(suite, out: Path, plot: bool = True) -> list[dict]:
     rundir.atomic_write_text(out / "results.csv", to_csv(records))
     rundir.atomic_write_text(out / "results.md", to_markdown(suite, records, rows))
     if plot and any(r["mean"] is not None for r in rows):
-        from peftkit.bench.plot import plot_pareto
-
         plot_pareto(rows, out / "pareto.png", title=plot_title(suite.name, records))
     return records
 
@@ -279,16 +269,6 @@ def plot_title(suite_name: str, records: list[dict]) -> str:
 
 def metric_text(mean: float, std: float | None) -> str:
     return f"{mean:.4f}" if std is None else f"{mean:.4f} ± {std:.4f}"
-
-
-def human_count(n) -> str:
-    """77193 -> 77.2K; 999600 -> 1M (not 1e+03K)."""
-    if n is None:
-        return "–"
-    for div, unit in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if n >= div * 0.9995:
-            return f"{n / div:.3g}{unit}"
-    return f"{n:.0f}"
 
 
 def percent(p) -> str:

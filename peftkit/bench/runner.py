@@ -62,7 +62,7 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
     reset_peak_memory()
     try:
         if nproc > 1:  # its own launch of torch.distributed.run, as `peftkit run --nproc`
-            from peftkit.distributed import run_in_processes
+            from peftkit.launch import run_in_processes
 
             result = run_in_processes(variant.recipe, folder, nproc)
         else:

@@ -33,7 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import RecipeError
-from peftkit.recipe import Recipe, build_recipe, read_yaml, type_name, unknown_key
+from peftkit.recipe import Recipe, build_recipe, flatten, read_yaml, type_name, unknown_key
+from peftkit.strategies.configs import DEFAULT_STRATEGY
 
 DEFAULT_SUITE = Path(__file__).with_name("quick.yaml")
 SUITE_KEYS = ["name", "description", "base", "overrides", "seeds", "grid", "variants"]
@@ -201,14 +202,14 @@ def strategy_name(raw: dict) -> str:
     s = raw.get("strategy")
     if isinstance(s, str):
         return s
-    return s.get("name", "lora") if isinstance(s, dict) else "lora"
+    return s.get("name", DEFAULT_STRATEGY) if isinstance(s, dict) else DEFAULT_STRATEGY
 
 
 # ---------------------------------------------------------------- names
 
 def variant_name(template: str | None, combo: dict, recipe: Recipe, label: str,
                  problems: list[str]) -> str:
-    values = flat(recipe.to_dict())
+    values = flatten(recipe.to_dict())
     values["strategy.name"] = recipe.strategy_name
     if template is None:
         template = recipe.strategy_name
@@ -233,16 +234,6 @@ def short(value: Any) -> str:
     if isinstance(value, list):
         return "+".join(map(short, value))
     return str(value)
-
-
-def flat(mapping: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in mapping.items():
-        if isinstance(value, dict):
-            out.update(flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def check_unique(variants: list[tuple[Variant, str]], problems: list[str]) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from peftkit.cli import friendly_errors
+from peftkit.cli_errors import friendly_errors
 
 
 @click.command()

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from peftkit.cli import friendly_errors
+from peftkit.cli_errors import friendly_errors
 
 
 @click.command("eval")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from peftkit.cli import friendly_errors
+from peftkit.cli_errors import friendly_errors
 
 
 @click.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from peftkit.cli import friendly_errors
+from peftkit.cli_errors import friendly_errors
 
 METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
            "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"]

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from peftkit.cli import friendly_errors
+from peftkit.cli_errors import friendly_errors
 
 
 @click.command()

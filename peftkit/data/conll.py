@@ -3,13 +3,10 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from peftkit.data.checks import read_utf8
+from peftkit.data.checks import IOB_TAG, read_utf8
 from peftkit.errors import DataError
-
-TAG = re.compile(r"^(O|[BI]-\S+)$")
 
 
 def read_conll(path: Path) -> dict[str, list]:
@@ -34,7 +31,7 @@ def read_conll(path: Path) -> dict[str, list]:
         if len(parts) != width:
             raise DataError(f"{path}, line {number}: {len(parts)} columns where the file uses "
                             f"{width} (expected `token ... tag`): {line.strip()[:60]!r}")
-        if not TAG.match(parts[-1]):
+        if not IOB_TAG.match(parts[-1]):
             raise DataError(f"{path}, line {number}: tag {parts[-1]!r} is not IOB "
                             "(O, B-TYPE or I-TYPE)")
         sent_tokens.append(parts[0])

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from peftkit.data.checks import (check_rows, check_table_shape, check_unseen_labels, read_jsonl,
                                  utf8_problem)
-from peftkit.data.registry import resolve_data, split_file
+from peftkit.data.registry import data_source, split_file
 from peftkit.errors import DataError, UsageError
 
 TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
@@ -22,7 +22,7 @@ def load_raw(recipe, task):
     from datasets import DatasetDict
 
     try:
-        source = resolve_data(recipe)
+        source = data_source(recipe)
     except LookupError as exc:
         raise UsageError(f"data.name: {exc}") from None
     splits = needed_splits(recipe)
@@ -56,7 +56,7 @@ def load_raw(recipe, task):
 def role_sources(recipe) -> dict[str, str]:
     """role (train / eval / test) -> the file it is read from (for messages that name a line)."""
     try:
-        source = resolve_data(recipe)
+        source = data_source(recipe)
     except LookupError:
         return {}
     return {role: split_source(source, split) for role, split in needed_splits(recipe).items()}

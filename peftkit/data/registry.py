@@ -57,6 +57,13 @@ def resolve_data(recipe) -> DataSource:
     return DataSource("hub", name)
 
 
+def data_source(recipe) -> DataSource:
+    """resolve_data, looked up once per recipe (Recipe.resolve_once)."""
+    d = recipe.data
+    key = ("data", d.name, d.data_dir, recipe.base_dir, os.environ.get(DATA_DIR_ENV))
+    return recipe.resolve_once(key, lambda: resolve_data(recipe))
+
+
 def split_file(folder: Path, split: str) -> Path | None:
     """The file of `split` in a data folder (train.txt, dev.tsv, valid.jsonl, ...)."""
     stems = SPLIT_FILES.get(split, [split])
@@ -72,7 +79,7 @@ def check_data_source(recipe, problems: list[str]) -> None:
         problems.append(f"data.data_dir: folder {recipe.resolve_path(recipe.data.data_dir)} does not exist")
         return
     try:
-        source = resolve_data(recipe)
+        source = data_source(recipe)
     except LookupError as exc:
         problems.append(f"data.name: {exc}")
         return

@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from peftkit.export.card import model_card
-from peftkit.export.folder import check_out, staged, write_meta
+from peftkit.export.folder import ADAPTER, check_out, staged, write_meta
 from peftkit.export.merge import RunInfo, base_label
 
 RUN_FILES = ("recipe.yaml", "labels.json", "result.json")
@@ -37,9 +37,9 @@ def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
             if (run.dir / name).is_file():
                 shutil.copy2(run.dir / name, tmp / name)
         sources = [{"run": str(run.dir), "weight": 1.0}]
-        card = model_card("adapter", out, recipe, run.labels, [run.result], base, sources)
+        card = model_card(ADAPTER, out, recipe, run.labels, [run.result], base, sources)
         (tmp / "README.md").write_text(card, encoding="utf-8")   # replaces peft's empty template
-        write_meta(tmp, {"kind": "adapter", "task": recipe.task, "labels": run.labels,
+        write_meta(tmp, {"kind": ADAPTER, "task": recipe.task, "labels": run.labels,
                          "strategy": recipe.strategy_name, "base_model": base,
                          "sources": sources, "recipe": recipe.to_dict(),
                          "metrics": (run.result or {}).get("test")})

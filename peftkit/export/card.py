@@ -7,6 +7,8 @@ import dataclasses
 
 import yaml
 
+from peftkit.export.folder import ADAPTER, MERGED
+
 PIPELINE_TAG = {"token-classification": "token-classification",
                 "sequence-classification": "text-classification", "causal-lm": "text-generation"}
 AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
@@ -17,7 +19,7 @@ AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
 def model_card(kind: str, out, recipe, labels, results: list[dict | None], base_label: str,
                sources: list[dict], extra: dict | None = None) -> str:
     """kind: merged | adapter. `results` holds each source run's result.json (or None)."""
-    whole = kind == "merged" or recipe.strategy_name == "full"
+    whole = whole_model(kind, recipe)
     library = "transformers" if whole else "peft" if peft_owned(recipe) else "peftkit"
     front = {"library_name": library,
              "pipeline_tag": PIPELINE_TAG.get(recipe.task, recipe.task),
@@ -35,9 +37,9 @@ def model_card(kind: str, out, recipe, labels, results: list[dict | None], base_
 
 
 def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
-    if kind == "adapter" and recipe.strategy_name == "full":
+    if kind == ADAPTER and recipe.strategy_impl.saves_whole_model:
         return f"The fully fine-tuned model of a peftkit run on `{base_label}` (a whole model).\n"
-    if kind == "adapter":
+    if kind == ADAPTER:
         return (f"The {recipe.strategy_name} adapter of a peftkit run on `{base_label}`, without the "
                 "base weights.\n")
     if len(sources) > 1:
@@ -45,7 +47,7 @@ def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
         return (f"A plain Hugging Face model: `{base_label}` with the {recipe.strategy_name} adapters "
                 f"of several runs combined by peft's `add_weighted_adapter` ({runs}) and merged into "
                 "its weights. Loading it needs neither peft nor peftkit.\n")
-    how = "fully fine-tuned" if recipe.strategy_name == "full" else \
+    how = "fully fine-tuned" if recipe.strategy_impl.saves_whole_model else \
         f"with its {recipe.strategy_name} adapter merged into the weights"
     return f"A plain Hugging Face model: `{base_label}` {how}. Loading it needs neither peft nor peftkit.\n"
 
@@ -55,8 +57,7 @@ def training_table(recipe, base_label, labels, sources, extra: dict) -> str:
                          if v not in (None, [], {}))
     t = recipe.train
     rows = [("base model", f"`{base_label}`"
-             + (f" (trained on a {recipe.model.quantization} base)"
-                if recipe.model.quantization != "none" else "")),
+             + (f" (trained on a {recipe.model.quantization} base)" if recipe.model.quantized else "")),
             ("task", recipe.task),
             ("strategy", f"{recipe.strategy_name} ({settings})" if settings else recipe.strategy_name),
             ("data", f"`{recipe.data.name}` (train split `{recipe.data.train_split}`, "
@@ -88,7 +89,7 @@ def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
     rows = "".join(f"| {k} | {fmt(v)} |\n" for k, v in test.items()
                    if isinstance(v, (int, float)) and not k.endswith(skip))
     split = recipe.data.test_split or recipe.data.eval_split
-    note = ("" if kind == "adapter" or recipe.strategy_name == "full" else
+    note = ("" if kind == ADAPTER or recipe.strategy_impl.saves_whole_model else
             "\nMeasured on the run's unmerged model; the merged weights compute the same function "
             "(up to float rounding, and the output dtype).\n")
     return (f"## Metrics\n\nSplit `{split}` of `{recipe.data.name}`"
@@ -101,7 +102,7 @@ def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
 
 def how_to_load(kind: str, out, recipe) -> str:
     auto = AUTO_CLASS.get(recipe.task, "AutoModel")
-    if kind == "merged" or recipe.strategy_name == "full":  # a full fine-tune is a whole model
+    if whole_model(kind, recipe):
         use = ("inputs = tokenizer(\"Hello\", return_tensors=\"pt\")\n"
                "print(tokenizer.decode(model.generate(**inputs)[0]))" if recipe.task == "causal-lm"
                else "logits = model(**tokenizer(\"Some text\", return_tensors=\"pt\")).logits")
@@ -138,11 +139,14 @@ def base_args(recipe) -> str:
     return repr(source.path) + (f", gguf_file={source.gguf_file!r}" if source.gguf_file else "")
 
 
+def whole_model(kind: str, recipe) -> bool:
+    """A plain transformers model: merged, or a full fine-tune (its "adapter" is the whole model)."""
+    return kind == MERGED or recipe.strategy_impl.saves_whole_model
+
+
 def peft_owned(recipe) -> bool:
     """Saved in peft's format (PeftModel.from_pretrained loads it)?"""
-    from peftkit.strategies import get_strategy
-
-    return bool(getattr(get_strategy(recipe.strategy_name), "peft_format", False))
+    return recipe.strategy_impl.peft_format
 
 
 def fmt(value) -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 from peftkit.errors import PeftkitError, UsageError
 
 META = "peftkit.json"
+MERGED, ADAPTER = "merged", "adapter"  # the two kinds of folder (peftkit.json "kind")
 
 
 def check_out(out: Path, overwrite: bool, sources: list[Path]) -> Path:

@@ -16,20 +16,12 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.export.card import model_card
-from peftkit.export.folder import check_out, staged, write_meta
+from peftkit.export.folder import MERGED, check_out, staged, write_meta
+from peftkit.strategies import all_strategies
 
 DTYPES = ("float32", "bfloat16", "float16")
-# Why a strategy's result cannot be folded into the base weights.
-NOT_A_DELTA = {
-    "adapter": "bottleneck adapters add a non-linear module (down-projection, activation, "
-               "up-projection) after each adapted layer, which no weight delta can express",
-    "prefix": "prefixes are extra keys and values every attention layer attends to, not a weight delta",
-    "prompt": "a soft prompt is extra input embeddings in front of every input, not a weight delta",
-}
-# Strategies peft can combine with add_weighted_adapter, and the methods it has for each.
-LORA_METHODS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
-                "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
-WEIGHTED = {"lora": LORA_METHODS, "ia3": ("linear",)}
+# Whether a strategy merges, why not, and which weighted combinations it has: the strategy says
+# (Strategy.can_merge, merge_refusal, weighted_methods, weighted_refusal, weighted_kwargs).
 NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 
 
@@ -38,28 +30,24 @@ NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False) -> Path:
     """Merge one run's adapter into its base (a full fine-tune is saved as it is)."""
     from peftkit.rundir import load_run
-    from peftkit.strategies import get_strategy
 
     run = RunInfo(Path(run_dir))
     check_mergeable(run)
     check_dtype(dtype)
     out = check_out(Path(out), overwrite, [run.dir])
-    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none")
-    merged = get_strategy(recipe.strategy_name).merge(model)
+    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe)
+    merged = recipe.strategy_impl.merge(model)
     sources = [{"run": str(run.dir), "weight": 1.0}]
     save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result])
     return out
 
 
 def check_mergeable(run: "RunInfo") -> None:
-    from peftkit.strategies import get_strategy
-
-    name = run.recipe.strategy_name
-    strategy = get_strategy(name)
-    if strategy.can_merge or name == "full":
+    strategy = run.recipe.strategy_impl
+    if strategy.can_merge:
         return
-    why = NOT_A_DELTA.get(name, "its result is not a weight delta")
-    raise PeftkitError(f"{run.dir}: a {name} run cannot be merged into the base weights: {why}. "
+    raise PeftkitError(f"{run.dir}: a {strategy.name} run cannot be merged into the base weights: "
+                       f"{strategy.merge_refusal}. "
                        "`peftkit merge` folds weight deltas only (lora, dora, adalora, ia3). Write the "
                        f"adapter-only format instead: peftkit export {run.dir} --out DIR "
                        "(peftkit predict / eval load it).")
@@ -105,19 +93,19 @@ def check_weighted(runs: list["RunInfo"], weights: list[float], method: str, den
                 raise UsageError(f"cannot combine {first.dir} and {run.dir}: they differ in {what} "
                                  f"({a} vs {b}). A weighted merge adds adapters trained for the same "
                                  "task on the same base model; merge each run on its own instead.")
-    name = first.recipe.strategy_name
-    if name not in WEIGHTED:
-        detail = ("peft has no weighted combination of AdaLoRA adapters" if name == "adalora"
-                  else f"{name} is not a LoRA-family weight delta")
+    strategy, name = first.recipe.strategy_impl, first.recipe.strategy_name
+    if not strategy.weighted_methods:
+        detail = strategy.weighted_refusal or f"{name} is not a LoRA-family weight delta"
+        supported = [s.name for s in all_strategies() if s.weighted_methods]
         raise UsageError(f"weighted merge of {name} runs: {detail}. Supported: "
-                         f"{', '.join(WEIGHTED)}; merge a single run with `peftkit merge RUN --out DIR`.")
+                         f"{', '.join(supported)}; merge a single run with `peftkit merge RUN --out DIR`.")
     if any(getattr(r.recipe.strategy, "use_dora", False) for r in runs):
         raise UsageError("weighted merge of DoRA runs: peft's add_weighted_adapter combines the A/B "
                          "matrices but not DoRA's magnitude vectors, so the result would be wrong; "
                          "merge each DoRA run on its own")
-    if method not in WEIGHTED[name]:
+    if method not in strategy.weighted_methods:
         raise UsageError(f"--method {method}: {name} adapters combine with "
-                         f"{', '.join(WEIGHTED[name])} only")
+                         f"{', '.join(strategy.weighted_methods)} only")
     if density is None and any(k in method for k in NEEDS_DENSITY):
         raise UsageError(f"--method {method} prunes the deltas: give --density (share kept, 0..1)")
 
@@ -131,8 +119,7 @@ def combined_model(runs, weights, method, density, svd_rank):
     from peftkit.rundir import load_tokenizer_from, weights_dir
     from peftkit.tasks import get_task
 
-    recipe = runs[0].load_recipe()
-    recipe.model.quantization = "none"
+    recipe = runs[0].recipe.with_quantization("none")
     task = get_task(recipe.task)
     model = load_model(source_of(recipe), recipe, task, runs[0].labels)
     names = [f"run{i}" for i in range(len(runs))]
@@ -161,8 +148,7 @@ def combined_model(runs, weights, method, density, svd_rank):
                              "train them with the same strategy settings (bias, heads)")
         for k, v in rest.items():
             others[k] = others.get(k, 0) + w * v.float()
-    kwargs = {} if recipe.strategy_name == "ia3" else \
-        {"combination_type": method, "density": density, "svd_rank": svd_rank}
+    kwargs = recipe.strategy_impl.weighted_kwargs(method, density, svd_rank)
     try:
         model.add_weighted_adapter(names, list(weights), "combined", **kwargs)
     except (ValueError, TypeError) as exc:
@@ -206,9 +192,9 @@ def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources
     with staged(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        card = model_card("merged", out, recipe, labels, results, base, sources, extra)
+        card = model_card(MERGED, out, recipe, labels, results, base, sources, extra)
         (tmp / "README.md").write_text(card, encoding="utf-8")
-        write_meta(tmp, {"kind": "merged", "task": recipe.task, "labels": labels,
+        write_meta(tmp, {"kind": MERGED, "task": recipe.task, "labels": labels,
                          "strategy": recipe.strategy_name, "base_model": base, "dtype": dtype,
                          "method": method, "sources": sources, "recipe": recipe.to_dict(),
                          "metrics": results[0].get("test") if len(results) == 1 and results[0] else None})

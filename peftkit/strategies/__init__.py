@@ -11,3 +11,8 @@ def get_strategy(name: str):
     """The Strategy object for `name` (a key of STRATEGIES)."""
     _, module = STRATEGIES[name]
     return importlib.import_module(module).STRATEGY
+
+
+def all_strategies() -> list:
+    """Every Strategy object, in registry order (imports every implementation)."""
+    return [get_strategy(name) for name in STRATEGIES]

@@ -12,6 +12,12 @@ r"""AdaLoRA (Zhang et al. 2023, arXiv:2303.10512) through peft: LoRA in SVD form
 The allocator needs the gradients of the step just taken, so `update_and_allocate` runs from the
 Trainer's `on_optimizer_step` event: after `optimizer.step()`, before `model.zero_grad()` (the
 order in transformers' Trainer inner loop, and the call site in peft's AdaLoRA docstring/example).
+
+Checkpoints (peftkit.callbacks.CheckpointExtras asks the strategy): the allocator's importance
+averages and the rank pattern are training state the Trainer does not save, so they go into
+peftkit_state.pt. peft saves an AdaLoRA adapter with a rank pattern set *resized* to the kept
+ranks, which the resumed (full-size) model cannot load; while the Trainer writes a checkpoint the
+pattern is set aside, so the checkpoint holds the full-size masked weights, and put back after.
 """
 
 from __future__ import annotations
@@ -25,9 +31,14 @@ def schedule_steps(value: float, total: int) -> int:
     return int(round(value * total)) if value < 1 else int(round(value))
 
 
+ALLOCATOR_STATE = ("ipt", "exp_avg_ipt", "exp_avg_unc")  # RankAllocator's importance averages
+
+
 class AdaLoraStrategy(PeftStrategy):
     name = "adalora"
     can_merge = True
+    weighted_refusal = "peft has no weighted combination of AdaLoRA adapters"
+    plot_markers = {"adalora": "^"}
 
     def peft_config(self, model, cfg, ctx):
         from peft import AdaLoraConfig
@@ -51,9 +62,9 @@ class AdaLoraStrategy(PeftStrategy):
     def callbacks(self, model, cfg, ctx) -> list:
         return [budget_callback(model)]
 
-    def save(self, model, folder) -> None:
-        config = model.peft_config[model.active_adapter]
-        config.orth_reg_weight = model.__dict__.pop("_peftkit_orth_reg", config.orth_reg_weight)
+    def save(self, model, folder, cfg=None) -> None:
+        if cfg is not None:  # the budget callback zeroed it for the final evaluation
+            model.peft_config[model.active_adapter].orth_reg_weight = cfg.orth_reg_weight
         super().save(model, folder)   # peft prunes the saved A/B/E to the kept ranks (rank_pattern)
 
     def load(self, load_base, folder, cfg, ctx):
@@ -77,6 +88,49 @@ class AdaLoraStrategy(PeftStrategy):
                             "total_step": config.total_step, "budget": sum(ranks.values()),
                             "init_budget": config.init_r * len(ranks),
                             "target_budget": config.target_r * len(ranks), "ranks": ranks}}
+
+    # ---- checkpoints (module docstring)
+
+    def set_aside_for_checkpoint(self, model):
+        config = training_config(model)
+        if config is None or config.rank_pattern is None:
+            return None
+        pattern, config.rank_pattern = config.rank_pattern, None
+        return pattern
+
+    def put_back_after_checkpoint(self, model, taken) -> None:
+        config = training_config(model)
+        if config is not None:
+            config.rank_pattern = taken
+
+    def checkpoint_state(self, model) -> dict | None:
+        config = training_config(model)
+        if config is None:
+            return None
+        alloc = model.base_model.rankallocator
+        return {"rank_pattern": config.rank_pattern, **{k: getattr(alloc, k) for k in ALLOCATOR_STATE}}
+
+    def restore_checkpoint_state(self, model, saved, folder) -> None:
+        config = training_config(model)
+        if config is None:
+            return
+        if saved is None:
+            print(f"warning: {folder} has no peftkit_state.pt; AdaLoRA's importance scores restart "
+                  "from zero, so the resumed run will differ slightly from an uninterrupted one")
+            return
+        alloc = model.base_model.rankallocator
+        device = next(model.parameters()).device
+        for key in ALLOCATOR_STATE:
+            setattr(alloc, key, {n: t.to(device) for n, t in saved[key].items()})
+        config.rank_pattern = saved["rank_pattern"]
+
+
+def training_config(model):
+    """The peft config of an AdaLoRA model being trained (it has a rank allocator), else None."""
+    tuner = getattr(model, "base_model", None)
+    if model is None or not hasattr(tuner, "rankallocator"):
+        return None
+    return model.peft_config[tuner.trainable_adapter_name]
 
 
 def effective_ranks(model) -> dict[str, int]:
@@ -105,10 +159,8 @@ def budget_callback(model):
 
         def on_train_end(self, args, state, control, **kwargs):
             # the final evaluation reports the task's loss (perplexity!), not loss + regulariser;
-            # save() puts the recipe's weight back into the adapter config
-            config = model.peft_config[model.active_adapter]
-            model.__dict__["_peftkit_orth_reg"] = config.orth_reg_weight
-            config.orth_reg_weight = 0.0
+            # save(model, folder, cfg) puts the recipe's weight back into the adapter config
+            model.peft_config[model.active_adapter].orth_reg_weight = 0.0
 
     return AdaLoraBudget()
 

@@ -139,6 +139,9 @@ def _check_leave_out(leave_out: list[int], n_layers: int) -> None:
 class AdapterStrategy(Strategy):
     name = "adapter"
     can_merge = False
+    merge_refusal = ("bottleneck adapters add a non-linear module (down-projection, activation, "
+                     "up-projection) after each adapted layer, which no weight delta can express")
+    plot_markers = {"adapter": "P"}
     peft_format = False
 
     def apply(self, model, cfg: AdapterConfig, ctx: ApplyContext):
@@ -166,7 +169,7 @@ class AdapterStrategy(Strategy):
         model._peftkit_adapter_cfg = cfg   # save() writes it into the adapter's JSON
         return model
 
-    def save(self, model, folder: Path) -> None:
+    def save(self, model, folder: Path, cfg=None) -> None:
         cfg = getattr(model, "_peftkit_adapter_cfg", None)
         if cfg is None:
             raise PeftkitError("adapter: this model has no adapters; call apply() before save()")

@@ -7,6 +7,11 @@
                    Strategy.merge(model)                 ──▶ plain transformers model
 
 A strategy never trains: the pipeline's one Trainer does, whatever the strategy.
+
+Everything the rest of peftkit needs to know about a method is a fact declared here (what the run
+folder holds, whether and how it merges, how `peftkit bench` plots it, what its checkpoints carry
+besides the Trainer's state), so callers ask the strategy object and never test its name. Its
+recipe checks are on its settings class (`strategies/configs.py`: validation stays torch-free).
 """
 
 from __future__ import annotations
@@ -36,8 +41,18 @@ class ApplyContext:
 
 class Strategy:
     name: str = ""
-    can_merge: bool = False        # the result is a weight delta that folds into the base
+    saves_whole_model: bool = False  # the run folder holds model/ (a plain transformers model),
+                                     # not adapter/; exports and model cards say "whole model"
+    can_merge: bool = False        # `peftkit merge` gives a plain model: a weight delta that folds
+                                   # into the base, or a whole model already
+    merge_refusal: str = "its result is not a weight delta"  # why not, when can_merge is False
+    # `peftkit merge --weights`: peft's add_weighted_adapter methods for this strategy's adapters,
+    # and why there are none (shown when the tuple is empty)
+    weighted_methods: tuple[str, ...] = ()
+    weighted_refusal: str = ""
     peft_format: bool = False      # saved as a peft adapter folder (PeftModel.from_pretrained)
+    # `peftkit bench` plots: method name (Strategy.method) -> matplotlib marker, fixed across suites
+    plot_markers: dict[str, str] = {}
     packable: bool = True          # training batches may be packed (peftkit.packing); False where
                                    # virtual tokens are added to the attention mask
     # DDP's find_unused_parameters: True only where some trainable parameter gets no gradient in a
@@ -59,7 +74,8 @@ class Strategy:
     def callbacks(self, model, cfg, ctx: ApplyContext) -> list:
         return []
 
-    def save(self, model, folder: Path) -> None:
+    def save(self, model, folder: Path, cfg=None) -> None:
+        """Write the trained result; `cfg`: the recipe's settings, when a run saves its result."""
         raise NotImplementedError
 
     def load(self, load_base: Callable, folder: Path, cfg, ctx: ApplyContext):
@@ -71,6 +87,37 @@ class Strategy:
 
     def merge(self, model):
         raise PeftkitError(f"strategy {self.name!r} cannot be merged into the base weights")
+
+    def weighted_kwargs(self, method: str, density, svd_rank) -> dict:
+        """Arguments of peft's add_weighted_adapter beyond the adapters and their weights."""
+        return {"combination_type": method, "density": density, "svd_rank": svd_rank}
+
+    def method(self, settings: dict) -> str:
+        """The method name people compare in bench tables (DoRA is LoRA with use_dora)."""
+        return self.name
+
+    @property
+    def saved_by_save_pretrained(self) -> bool:
+        """Saved with save_pretrained (peft or transformers), which takes a gathered state dict:
+        FSDP / ZeRO-3 can save it. peftkit's own format reads the (sharded) parameters one by one."""
+        return self.peft_format or self.saves_whole_model
+
+    # ---- state a checkpoint needs besides the Trainer's (peftkit.callbacks.CheckpointExtras)
+
+    def set_aside_for_checkpoint(self, model):
+        """Just before the Trainer writes a checkpoint: take out what must not be in it; returns
+        what put_back_after_checkpoint restores (None: nothing was taken)."""
+        return None
+
+    def put_back_after_checkpoint(self, model, taken) -> None:
+        pass
+
+    def checkpoint_state(self, model) -> dict | None:
+        """Tensors / plain data saved with every checkpoint (peftkit_state.pt), or None."""
+        return None
+
+    def restore_checkpoint_state(self, model, saved: dict | None, folder: Path) -> None:
+        """On resume: `saved` is this strategy's checkpoint_state (None: the file is missing)."""
 
 
 def freeze_all(model) -> None:

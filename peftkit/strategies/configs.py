@@ -2,7 +2,8 @@
 
 Each dataclass is the schema of the recipe's `strategy:` section for one `strategy.name`.
 Field metadata drives validation in `peftkit.recipe`: `choices`, `min`/`max` (inclusive),
-`gt` (strictly greater) and `help` (shown in errors).
+`gt` (strictly greater) and `help` (shown in errors). Checks that need more than one key are the
+settings class's `check(recipe, problems)`, called by `peftkit.recipe.check_recipe`.
 """
 
 from __future__ import annotations
@@ -17,13 +18,26 @@ def opt(default, help: str = "", **rules):
     return field(default=default, metadata={"help": help, **rules})
 
 
+class Settings:
+    """Base of every strategy's settings."""
+
+    def check(self, recipe, problems: list[str]) -> None:
+        """Append what is wrong with these settings in `recipe` (the other sections) to problems."""
+
+
 @dataclass
-class FullConfig:
+class FullConfig(Settings):
     freeze_embeddings: bool = opt(False, "keep the embedding matrices frozen")
 
+    def check(self, recipe, problems: list[str]) -> None:
+        if recipe.model.quantized:
+            problems.append(f"strategy.name: full cannot train a {recipe.model.quantization} base "
+                            "(quantized weights have no gradients); use lora, adapter, prefix, ia3 or "
+                            "prompt, or set model.quantization: none")
+
 
 @dataclass
-class LoraConfig:
+class LoraConfig(Settings):
     r: int = opt(8, "rank of the update", min=1)
     alpha: float = opt(16.0, "scaling numerator (scale = alpha / r)", gt=0)
     dropout: float = opt(0.1, "dropout on the LoRA input", min=0.0, max=1.0)
@@ -37,7 +51,7 @@ class LoraConfig:
 
 
 @dataclass
-class AdaLoraConfig:
+class AdaLoraConfig(Settings):
     init_r: int = opt(12, "starting rank of every adapted matrix", min=1)
     target_r: int = opt(8, "average rank left when the budget schedule ends", min=1)
     alpha: float = opt(32.0, "scaling numerator", gt=0)
@@ -53,9 +67,14 @@ class AdaLoraConfig:
     orth_reg_weight: float = opt(0.5, "weight of the orthogonality regulariser", min=0.0)
     total_step: int | None = opt(None, "training steps; null takes it from the schedule", min=1)
 
+    def check(self, recipe, problems: list[str]) -> None:
+        if self.target_r > self.init_r:
+            problems.append(f"strategy.target_r: {self.target_r} is larger than strategy.init_r "
+                            f"{self.init_r}; AdaLoRA only prunes ranks")
+
 
 @dataclass
-class AdapterConfig:
+class AdapterConfig(Settings):
     placement: str = opt("houlsby", "where adapters sit", choices=["houlsby", "pfeiffer"])
     reduction_factor: float | None = opt(16.0, "hidden_size / bottleneck_size", gt=0)
     bottleneck_size: int | None = opt(None, "overrides reduction_factor when set", min=1)
@@ -67,7 +86,7 @@ class AdapterConfig:
 
 
 @dataclass
-class PrefixConfig:
+class PrefixConfig(Settings):
     num_virtual_tokens: int = opt(20, "prefix length per layer", min=1)
     reparameterize: bool = opt(False, "train through an MLP that is folded away after training; "
                                "wants a far smaller learning rate (Li & Liang: 5e-5)")
@@ -81,18 +100,19 @@ class PrefixConfig:
 
 
 @dataclass
-class IA3Config:
+class IA3Config(Settings):
     target_modules: list[str] | str | None = opt(None, "module names or null for the default")
     feedforward_modules: list[str] | None = opt(None, "which targets are feed-forward layers")
 
 
 @dataclass
-class PromptConfig:
+class PromptConfig(Settings):
     num_virtual_tokens: int = opt(20, "soft prompt length", min=1)
     init_text: str | None = opt(None, "initialise the prompt from this text's embeddings")
 
 
-# name -> (config class, implementation module, can_merge). Implementations are imported lazily.
+# The registry: name -> (settings class, implementation module). Implementations are imported
+# lazily (peftkit.strategies.get_strategy). A new strategy is one line here and its own module.
 STRATEGIES: dict[str, tuple[type, str]] = {
     "full": (FullConfig, "peftkit.strategies.full"),
     "lora": (LoraConfig, "peftkit.strategies.lora"),
@@ -102,3 +122,4 @@ STRATEGIES: dict[str, tuple[type, str]] = {
     "ia3": (IA3Config, "peftkit.strategies.ia3"),
     "prompt": (PromptConfig, "peftkit.strategies.prompt"),
 }
+DEFAULT_STRATEGY = "lora"  # a recipe without strategy.name

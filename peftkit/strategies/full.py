@@ -9,6 +9,9 @@ from peftkit.strategies.base import Strategy
 
 class FullStrategy(Strategy):
     name = "full"
+    saves_whole_model = True
+    can_merge = True               # nothing to fold: merging saves the model as it is
+    plot_markers = {"full": "s"}
     lr_range = (1e-5, 3e-4)
     default_lr = 5e-5
 
@@ -20,7 +23,7 @@ class FullStrategy(Strategy):
                 p.requires_grad_(False)
         return model
 
-    def save(self, model, folder: Path) -> None:
+    def save(self, model, folder: Path, cfg=None) -> None:
         model.save_pretrained(str(folder), safe_serialization=True)
 
     def load(self, load_base, folder: Path, cfg, ctx):

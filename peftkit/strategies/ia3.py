@@ -21,6 +21,8 @@ DEFAULTS = {t: (r".*\.(key|value|layer\.\d+\.output\.dense)$", r".*\.layer\.\d+\
 class IA3Strategy(PeftStrategy):
     name = "ia3"
     can_merge = True
+    weighted_methods = ("linear",)
+    plot_markers = {"ia3": "X"}
     lr_range = (1e-3, 5e-2)
     default_lr = 1e-2
 
@@ -33,6 +35,9 @@ class IA3Strategy(PeftStrategy):
             feedforward = feedforward or default_ff
         return IA3Config(task_type=task_type(ctx), target_modules=targets,
                          feedforward_modules=feedforward, modules_to_save=heads_to_save(model, ctx))
+
+    def weighted_kwargs(self, method, density, svd_rank) -> dict:
+        return {}  # peft combines IA3 vectors linearly only, and takes no combination arguments
 
 
 STRATEGY = IA3Strategy()

@@ -9,11 +9,19 @@ from __future__ import annotations
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
 
 INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
+# peft's add_weighted_adapter combinations of LoRA adapters
+WEIGHTED_METHODS = ("linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties",
+                    "dare_linear_svd", "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd")
 
 
 class LoraStrategy(PeftStrategy):
     name = "lora"
     can_merge = True
+    weighted_methods = WEIGHTED_METHODS
+    plot_markers = {"lora": "o", "dora": "D"}
+
+    def method(self, settings: dict) -> str:
+        return "dora" if settings.get("use_dora") else self.name
 
     def peft_config(self, model, cfg, ctx):
         from peft import LoraConfig

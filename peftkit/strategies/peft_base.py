@@ -24,7 +24,7 @@ class PeftStrategy(Strategy):
             model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         return get_peft_model(model, self.peft_config(model, cfg, ctx))
 
-    def save(self, model, folder: Path) -> None:
+    def save(self, model, folder: Path, cfg=None) -> None:
         model.save_pretrained(str(folder))
 
     def load(self, load_base, folder: Path, cfg, ctx: ApplyContext):

@@ -252,6 +252,9 @@ def init_token_ids(model, cfg: PrefixConfig, tokenizer) -> torch.Tensor:
 class PrefixStrategy(Strategy):
     name = "prefix"
     can_merge = False
+    merge_refusal = ("prefixes are extra keys and values every attention layer attends to, not a "
+                     "weight delta")
+    plot_markers = {"prefix": "v"}
     peft_format = False
     packable = False   # the prefix columns are prepended to the mask (extend_mask)
     lr_range = (1e-3, 5e-2)
@@ -275,7 +278,7 @@ class PrefixStrategy(Strategy):
     def callbacks(self, model, cfg: PrefixConfig, ctx: ApplyContext) -> list:
         return [FoldPrefixCallback(model)] if cfg.reparameterize else []
 
-    def save(self, model, folder: Path) -> None:
+    def save(self, model, folder: Path, cfg=None) -> None:
         cfg = getattr(model, "_peftkit_prefix_cfg", None)
         if cfg is None:
             raise PeftkitError("prefix: this model has no prefixes; call apply() before save()")

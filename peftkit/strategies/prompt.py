@@ -17,13 +17,15 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, task_type
+from peftkit.tasks.base import IGNORE
 
-IGNORE = -100
 
 
 class PromptStrategy(PeftStrategy):
     name = "prompt"
     can_merge = False
+    merge_refusal = "a soft prompt is extra input embeddings in front of every input, not a weight delta"
+    plot_markers = {"prompt": "*"}
     packable = False   # peft prepends the virtual tokens to a 2-D attention mask
     lr_range = (3e-3, 1e-1)
     default_lr = 3e-2

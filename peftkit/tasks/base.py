@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+IGNORE = -100  # the label the loss skips (sub-tokens, prompts, padding): torch's ignore_index
+
 
 class Task:
     name: str = ""
@@ -53,8 +57,9 @@ class Task:
                     counts[label] += 1
         return [c / sum(counts) for c in counts]
 
-    def evaluate(self, trainer, dataset, recipe, labels, prefix: str) -> dict:
-        """Metrics on one encoded split, keys prefixed (e.g. test_f1)."""
+    def evaluate(self, trainer, dataset, recipe, labels, prefix: str, out_dir: Path) -> dict:
+        """Metrics on one encoded split, keys prefixed (e.g. test_f1); files a task writes beside
+        them (causal-lm: the generations) go into `out_dir`, the run folder."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
 
     def predict(self, model, tokenizer, texts: list[str], labels, recipe) -> list[dict]:
@@ -67,9 +72,6 @@ def tokenize_splits(raw, encode_batch):
                       desc="tokenizing")
     stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
     return encoded.remove_columns("truncated"), stats
-
-
-IGNORE = -100
 
 
 def gold_nll(logits, labels):

@@ -15,9 +15,8 @@ import json
 import math
 from pathlib import Path
 
-from peftkit.tasks.base import Task
+from peftkit.tasks.base import IGNORE, Task
 
-IGNORE = -100
 
 
 class CausalLM(Task):
@@ -44,7 +43,7 @@ class CausalLM(Task):
                 out["truncated"].append(cut)
             return out
 
-        drop = [c for c in raw["train"].column_names if c not in ("prompt", "target")]
+        drop = [c for c in raw["train"].column_names if c not in self.columns]
         encoded = raw.map(encode_batch, batched=True, remove_columns=drop, desc="tokenizing")
         stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
         return encoded.remove_columns("truncated"), stats
@@ -68,7 +67,7 @@ class CausalLM(Task):
 
         return compute
 
-    def evaluate(self, trainer, dataset, recipe, labels, prefix):
+    def evaluate(self, trainer, dataset, recipe, labels, prefix, out_dir):
         """Loss and perplexity over the completions, then generation scored against all references."""
         metrics = trainer.evaluate(dataset, metric_key_prefix=prefix)
         if f"{prefix}_loss" in metrics:
@@ -85,7 +84,7 @@ class CausalLM(Task):
         metrics.update(scores)
         trainer.log({k: v for k, v in metrics.items() if k in scores or k.endswith("_perplexity")})
         if trainer.is_world_process_zero():
-            write_generations(Path(trainer.args.output_dir).parent / f"generations_{prefix}.jsonl",
+            write_generations(Path(out_dir) / f"generations_{prefix}.jsonl",
                               shown, predictions, references)
         return metrics
 

@@ -5,9 +5,8 @@ from __future__ import annotations
 import re
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import Task, tokenize_splits
+from peftkit.tasks.base import IGNORE, Task, tokenize_splits
 
-IGNORE = -100  # label of sub-tokens after the first and of special tokens: skipped by the loss
 WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
 
 
