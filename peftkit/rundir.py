@@ -41,8 +41,9 @@ CHECKPOINTS = "checkpoints"
 LR_SEARCH, LR_SEARCH_TMP = "lr_search.json", "lr_search.tmp"  # the second: probes' scratch folder
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"  # the weights: a strategy's result, or a whole model
 WEIGHTS_TMP = (f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp")  # weights being written (save_weights)
+BENCH_ERROR, BENCH_VARIANT = "error.json", "variant.json"  # peftkit bench: a failed run, its settings
 RUN_MARKERS = (RESULT, RECIPE, METRICS, CHECKPOINTS, LABELS, ADAPTER_DIR, MODEL_DIR, *WEIGHTS_TMP,
-               "error.json", "variant.json")  # last two: peftkit bench
+               BENCH_ERROR, BENCH_VARIANT)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

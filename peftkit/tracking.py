@@ -32,6 +32,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from peftkit import rundir
 from peftkit.env import is_main
 from peftkit.recipe import flatten
 
@@ -113,7 +114,7 @@ def finish(tracking: Tracking | None, recipe, result: dict) -> None:
                                                  "train_tokens_per_second", "peak_memory_mb")
                    if isinstance(result.get(k), (int, float))}
         mlflow.log_metrics(summary)
-        for name in ("recipe.yaml", "result.json", "labels.json"):
+        for name in (rundir.RECIPE, rundir.RESULT, rundir.LABELS):
             if (tracking.run_dir / name).is_file():
                 mlflow.log_artifact(str(tracking.run_dir / name))
         end_mlflow(tracking, "FINISHED")

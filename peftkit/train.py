@@ -11,6 +11,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
+from peftkit import rundir
 from peftkit.env import cpu_has_fast_bf16
 from peftkit.errors import PeftkitError
 
@@ -102,7 +103,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
 
-    args = training_arguments(recipe, run_dir / "checkpoints", precision, report_to,
+    args = training_arguments(recipe, run_dir / rundir.CHECKPOINTS, precision, report_to,
                               find_unused_parameters, probe)
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
@@ -119,7 +120,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             processing_class=tokenizer,
             compute_metrics=metrics,
             preprocess_logits_for_metrics=preprocess,
-            callbacks=[metrics_logger(run_dir / "metrics.jsonl"), *guard_callbacks(recipe), *callbacks],
+            callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks],
         )
 
 

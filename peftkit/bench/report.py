@@ -22,8 +22,8 @@ from peftkit import rundir
 from peftkit.bench.numbers import higher_is_better, human_count
 from peftkit.bench.plot import plot_pareto
 
-ERROR = "error.json"
-VARIANT = "variant.json"  # the settings a run folder was made with (see is_finished)
+ERROR = rundir.BENCH_ERROR
+VARIANT = rundir.BENCH_VARIANT  # the settings a run folder was made with (see is_finished)
 DICT_COLUMNS = ("strategy_settings", "overrides", "versions")  # JSON text in the CSV
 
 

@@ -77,7 +77,7 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
     record_settings(variant, folder)
     # A finished variant is never resumed, and its weights are in adapter/ or model/: the Trainer
     # checkpoints (optimizer state, a full copy of the model for some strategies) only fill the disk.
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    shutil.rmtree(folder / rundir.CHECKPOINTS, ignore_errors=True)
     metric = result["metric"]
     value = result["test"].get(metric)
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} {value}"

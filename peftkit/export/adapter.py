@@ -17,18 +17,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from peftkit import rundir
 from peftkit.export.card import model_card
 from peftkit.export.folder import ADAPTER, check_out, staged, write_meta
 from peftkit.export.merge import RunInfo, base_label
 
-RUN_FILES = ("recipe.yaml", "labels.json", "result.json")
+RUN_FILES = (rundir.RECIPE, rundir.LABELS, rundir.RESULT)
 
 
 def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
-    from peftkit.rundir import weights_dir
-
     run = RunInfo(Path(run_dir))
-    folder = weights_dir(run.dir)
+    folder = rundir.weights_dir(run.dir)
     out = check_out(Path(out), overwrite, [run.dir])
     recipe, base = run.recipe, base_label(run.recipe)
     with staged(out) as tmp:

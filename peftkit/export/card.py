@@ -8,6 +8,7 @@ import dataclasses
 import yaml
 
 from peftkit.export.folder import ADAPTER, MERGED
+from peftkit.rundir import LABELS
 
 PIPELINE_TAG = {"token-classification": "token-classification",
                 "sequence-classification": "text-classification", "causal-lm": "text-generation"}
@@ -111,7 +112,7 @@ def how_to_load(kind: str, out, recipe) -> str:
                 f"model = {auto}.from_pretrained(\"{out}\")\n"
                 f"tokenizer = AutoTokenizer.from_pretrained(\"{out}\")\n{use}\n```\n\n"
                 f"or with peftkit: `peftkit predict {out} \"Some text\"`.\n")
-    head = ("labels = json.load(open(\"" + str(out / "labels.json") + "\"))\n" if recipe.task != "causal-lm"
+    head = ("labels = json.load(open(\"" + str(out / LABELS) + "\"))\n" if recipe.task != "causal-lm"
             else "")
     head_args = (", num_labels=len(labels),\n    id2label=dict(enumerate(labels)), "
                  "label2id={name: i for i, name in enumerate(labels)}" if head else "")
