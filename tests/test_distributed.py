@@ -73,8 +73,10 @@ def test_two_process_metrics_equal_a_single_process_evaluation(ddp_run):
     assert single["examples"] == TEST_SAMPLES
     for key in ("f1", "precision", "recall", "token_accuracy"):
         assert result["test"][key] == pytest.approx(single["test"][key], abs=1e-9), key
-    # before declare_loss_kwargs the 2-process loss was twice the single-process one
-    assert result["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=0.02)
+    # The loss is a mean of per-batch means, and the distributed sampler deals the examples into
+    # other batches than one process does, so it differs by how unevenly the loss falls across
+    # examples (a few percent here); before declare_loss_kwargs it was twice the single-process one.
+    assert result["test"]["loss"] == pytest.approx(single["test"]["loss"], rel=0.1)
 
 
 def test_an_error_on_the_main_process_stops_every_process_and_is_printed_once(ddp_run):

@@ -155,6 +155,20 @@ def test_sigterm_checkpoints_and_adalora_resumes_identically(tmp_path, tiny_bert
     assert saved["orth_reg_weight"] == recipe.strategy.orth_reg_weight  # zeroed only to evaluate
 
 
+def test_an_adalora_run_that_pruned_every_rank_says_so(tmp_path, tiny_bert_dir, capsys):
+    """Two steps without the orthogonality penalty: the importance scores are still all zero when
+    the budget is fixed, peft prunes every rank, and the run says the adapter is empty."""
+    from conftest import tiny_ner_recipe
+    from peftkit.pipeline import run_recipe
+    from peftkit.recipe import build_recipe
+
+    strategy = {"name": "adalora", "init_r": 4, "target_r": 2, "orth_reg_weight": 0.0}
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run", strategy, max_steps=2, eval_every="no")
+    result = run_recipe(build_recipe(raw))
+    assert result["adalora"]["budget"] == 0
+    assert "adalora pruned every rank" in capsys.readouterr().out
+
+
 # ---------------------------------------------------------------- divergence
 
 def poison_at(step: int):

@@ -177,14 +177,17 @@ def test_run_recipe_reports_padding_and_precision(tiny_bert_dir, tmp_path):
     from peftkit.pipeline import run_recipe
 
     recipe = build_recipe(tiny_ner_recipe(tiny_bert_dir, tmp_path / "run", precision="bf16", epochs=2,
-                                          num_threads=1))
+                                          learning_rate=2e-2, num_threads=1))
     result = run_recipe(recipe)
     assert result["precision"] == "bf16"
     assert 0 <= result["train_padding_fraction"] < 0.5
     assert result["train_tokens_per_second"] > 0
     losses = [json.loads(line).get("loss") for line in (tmp_path / "run" / "metrics.jsonl").open()]
     losses = [x for x in losses if x is not None]
-    assert losses[-1] < losses[0]
+    # one batch's loss is noisier than a few steps of the tiny model move it: compare whole epochs
+    # (the same 64 examples, reshuffled), which a bf16 run that does not learn cannot pass
+    per_epoch = len(losses) // 2
+    assert sum(losses[per_epoch:]) < sum(losses[:per_epoch])
 
 
 HEAVY = ("torch", "transformers", "peft", "datasets")

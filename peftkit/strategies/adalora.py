@@ -161,6 +161,11 @@ def budget_callback(model):
             # the final evaluation reports the task's loss (perplexity!), not loss + regulariser;
             # save(model, folder, cfg) puts the recipe's weight back into the adapter config
             model.peft_config[model.active_adapter].orth_reg_weight = 0.0
+            if state.is_world_process_zero and not any(effective_ranks(model).values()):
+                # peft prunes every triplet whose score ties the threshold: on a very short run
+                # the scores are all still zero, and the adapter ends empty (only the head trains)
+                print("warning: adalora pruned every rank, so the adapter is empty and only the "
+                      "head learned; train longer (more steps) or lower strategy.tinit")
 
     return AdaLoraBudget()
 
