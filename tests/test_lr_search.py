@@ -46,6 +46,22 @@ def test_sweep_takes_the_best_admissible_rate_and_spends_at_most_its_budget():
     assert [p.note for p in search.probes[1:]] == ["admissible"] * 3 + ["rare classes lost"] * 2
 
 
+def test_a_rate_above_a_damaging_one_is_not_trusted():
+    """Prompt tuning on SST-2 at 90/10 classes: every rate from 7.2e-3 lost the minority class, 0.1
+    alone passed its probe (and its run collapsed); the search falls back to the lowest rate."""
+    def probe(lr, steps):
+        if lr == 0:
+            return Probe(0.0, 0, loss=0.368, balanced_loss=1.19)
+        worse = {0.003: (0.369, 1.21), 0.1: (0.365, 1.155)}.get(lr, (0.40, 1.6))
+        return Probe(lr, steps, *worse)
+
+    search = Search("sweep", (3e-3, 0.1), heldback=100, trained_on=900, budget_passes=1440,
+                    probe_batch_size=8)
+    assert sweep(probe, candidates(3e-3, 0.1), 1440, 8, 100, search) == 0.003
+    assert search.probes[-1].note == "above a damaging rate"
+    assert "no rate kept" in search.reason
+
+
 def test_a_run_too_short_to_search_falls_back_and_says_so():
     with pytest.raises(lr_search.TooShort):
         sweep(lambda lr, steps: Probe(lr, steps, 1.0, 1.0), candidates(1e-4, 1e-2), 100, 8, 32,
