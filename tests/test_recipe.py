@@ -155,3 +155,23 @@ def test_model_and_data_are_resolved_once_per_run(monkeypatch):
     assert source_of(run).kind == "hub" and role_sources(run)["train"] == "demo-ner:train"
     assert calls == {"model": 1, "data": 1}
     assert run.strategy_impl is recipe.strategy_impl
+
+
+def test_report_to_knows_every_integration_the_trainer_has():
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    from peftkit.integrations import REPORTERS
+
+    assert set(REPORTERS) == set(INTEGRATION_TO_CALLBACK)
+
+
+def test_report_to_an_integration_that_is_not_installed_says_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else real(name, *a))
+    (p,) = problems_of({"train": {"report_to": ["wandb"]}})
+    assert p == ("train.report_to: wandb is not installed here; pip install 'peftkit[wandb]', "
+                 "or leave wandb out")
+    assert build_recipe({"train": {"report_to": ["kubeflow"]}})  # no package: an env variable
