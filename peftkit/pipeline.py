@@ -26,7 +26,8 @@ from peftkit.quantization import memory_footprint
 from peftkit.resume import checkpoint_to_resume
 from peftkit.strategies.base import ApplyContext, count_parameters
 from peftkit.tasks import get_task
-from peftkit.train import TokenCounter, build_trainer, resolve_precision, run_training, total_train_steps
+from peftkit.train import (TokenCounter, build_trainer, early_stopping_record, resolve_precision,
+                           run_training, total_train_steps)
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -188,6 +189,9 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
         "examples": {split: len(ds) for split, ds in parts.encoded.items()}, **parts.data_stats,
         "versions": versions(), **strategy.report(trainer.model),
     }
+    if recipe.train.early_stopping_patience:
+        result["early_stopping"] = early_stopping_record(recipe, task, trainer.state,
+                                                         trainer.state.max_steps)
     saved = (distributed.save_weights(trainer, run_dir, strategy, parts.tokenizer, parts.labels,
                                       recipe.strategy)
              if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers

@@ -105,6 +105,9 @@ class TrainSection:
     eval_steps: int | None = opt(None, "with eval_every: steps, evaluate every N steps", min=1)
     save_steps: int | None = opt(None, "checkpoint every N steps (null: at epoch ends)", min=1)
     save_total_limit: int = opt(2, "checkpoints kept", min=1)
+    early_stopping_patience: int | None = opt(
+        None, "stop after N evaluations without a better validation score and restore the best "
+        "checkpoint (the task's selection metric; needs eval_every)", min=1)
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
     report_to: list[str] = opt([], "the Trainer's logging integrations (tensorboard, mlflow, wandb, ...)",
                                choices=list(REPORTERS))
@@ -449,11 +452,24 @@ def did_you_mean(word: str, options: list[str]) -> str:
 
 # ---------------------------------------------------------------- cross-field checks
 
+def check_early_stopping(t: TrainSection, problems: list[str]) -> None:
+    """Early stopping restores the best checkpoint, so checkpoints are written at the evaluations."""
+    if t.early_stopping_patience is None:
+        return
+    if t.eval_every == "no":
+        problems.append("train.early_stopping_patience: needs evaluations during training; set "
+                        "train.eval_every: epoch (or steps, with train.eval_steps)")
+    elif t.save_steps is not None and (t.eval_every == "epoch" or t.save_steps != t.eval_steps):
+        problems.append("train.save_steps: with train.early_stopping_patience the checkpoints are "
+                        "written at every evaluation; leave train.save_steps out")
+
+
 def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) -> None:
     """Checks that span several keys or look at the file system (no model is loaded)."""
     recipe.strategy.check(recipe, problems)  # the strategy's own (strategies/configs.py)
     if recipe.train.eval_every == "steps" and recipe.train.eval_steps is None:
         problems.append("train.eval_steps: required when train.eval_every is steps")
+    check_early_stopping(recipe.train, problems)
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
         problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
                         "use smollm2-135m or another decoder for task causal-lm")

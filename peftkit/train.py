@@ -40,13 +40,22 @@ def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
 
 
 def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
-                       find_unused_parameters: bool = False, probe: bool = False):
-    """probe: a learning-rate search run (peftkit.lr_search): no checkpoints, no progress bar."""
+                       find_unused_parameters: bool = False, probe: bool = False,
+                       best: tuple[str, bool] | None = None):
+    """probe: a learning-rate search run (peftkit.lr_search): no checkpoints, no progress bar.
+    best: (metric, higher is better) for train.early_stopping_patience: checkpoints at every
+    evaluation, and the best one loaded when training ends."""
     import torch
     from transformers import TrainingArguments
 
     t = recipe.train
     save_by_steps = t.save_steps is not None
+    if best and not probe:
+        save_by_steps = t.eval_every == "steps"
+        best_args = {"load_best_model_at_end": True, "metric_for_best_model": best[0],
+                     "greater_is_better": best[1]}
+    else:
+        best_args = {}
     return TrainingArguments(
         output_dir=str(output_dir),
         num_train_epochs=t.epochs,
@@ -70,7 +79,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         eval_strategy=t.eval_every,
         eval_steps=t.eval_steps,
         save_strategy="no" if probe else "steps" if save_by_steps else "epoch",
-        save_steps=t.save_steps or 500,
+        save_steps=(t.eval_steps if best_args else t.save_steps) or 500,
         save_total_limit=t.save_total_limit,
         activation_checkpointing=t.gradient_checkpointing,
         report_to=list(report_to) or "none",  # the pipeline passes the recipe's (peftkit.tracking)
@@ -79,7 +88,24 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         dataloader_num_workers=0,
         disable_tqdm=probe,
         ddp_find_unused_parameters=find_unused_parameters,  # the strategy's (Strategy docstring)
+        **best_args,
     )
+
+
+def early_stopping(patience: int):
+    from transformers import EarlyStoppingCallback
+
+    return EarlyStoppingCallback(early_stopping_patience=patience)
+
+
+def early_stopping_record(recipe, task, state, planned_steps: int) -> dict:
+    """What result.json says of train.early_stopping_patience: the metric followed, the best
+    validation score and the step of the checkpoint restored, and whether training stopped early."""
+    best = state.best_model_checkpoint
+    return {"patience": recipe.train.early_stopping_patience, "metric": task.selection_metric[0],
+            "best_value": state.best_metric,
+            "best_step": int(best.rsplit("-", 1)[1]) if best else None,
+            "stopped_early": state.global_step < planned_steps}
 
 
 def metrics_logger(path: Path):
@@ -103,8 +129,10 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
 
+    patience = None if probe else recipe.train.early_stopping_patience
     args = training_arguments(recipe, run_dir / rundir.CHECKPOINTS, precision, report_to,
-                              find_unused_parameters, probe)
+                              find_unused_parameters, probe, task.selection_metric if patience else None)
+    stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
     trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
@@ -120,7 +148,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             processing_class=tokenizer,
             compute_metrics=metrics,
             preprocess_logits_for_metrics=preprocess,
-            callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks],
+            callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks,
+                       *stopping],
         )
 
 

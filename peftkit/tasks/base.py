@@ -17,6 +17,9 @@ class Task:
     peft_task_type: str = ""        # peft TaskType name
     head_names: list[str] = ["classifier", "score"]
     default_metric: str = ""
+    # (validation metric, higher is better) that early stopping follows and its best checkpoint
+    # is chosen by: one the Trainer's evaluation computes during training
+    selection_metric: tuple[str, bool] = ("loss", False)
     columns: tuple[str, ...] = ()   # columns the readers must provide
 
     def label_names(self, raw, recipe) -> list[str] | None:

@@ -25,6 +25,7 @@ class CausalLM(Task):
     peft_task_type = "CAUSAL_LM"
     head_names: list[str] = []      # lm_head is pretrained: no new head to train in full
     default_metric = "bleu"
+    selection_metric = ("loss", False)  # BLEU needs generation, which runs only on test
     columns = ("prompt", "target")
 
     def encode(self, raw, tokenizer, recipe, labels):

@@ -15,6 +15,7 @@ class SequenceClassification(Task):
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
+    selection_metric = ("accuracy", True)    # computed at every evaluation
     columns = ("text", "label")
 
     def label_names(self, raw, recipe) -> list[str]:

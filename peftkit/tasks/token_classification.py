@@ -15,6 +15,7 @@ class TokenClassification(Task):
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     default_metric = "f1"
+    selection_metric = ("f1", True)    # computed at every evaluation
     columns = ("tokens", "tags")
 
     def label_names(self, raw, recipe) -> list[str]:
