@@ -21,6 +21,7 @@ LAZY_COMMANDS = {
     "export": ("peftkit.commands.export", "export"),
     "predict": ("peftkit.commands.predict", "predict"),
     "eval": ("peftkit.commands.evaluate", "eval_cmd"),
+    "recipes": ("peftkit.commands.recipes", "recipes"),
 }
 
 
@@ -82,16 +83,28 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
 
 
 @main.command()
-@click.argument("recipes", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--override", "overrides", multiple=True, help="dotted key=value, repeatable")
+@click.argument("args", nargs=-1, required=True)
+@click.option("-o", "--override", "options", multiple=True, help="dotted key=value, repeatable")
 @click.option("--data/--no-data", "read_data", default=True, show_default=True,
               help="also read each recipe's data: rows, labels per split, labels that look wrong")
 @friendly_errors
-def validate(recipes, overrides, read_data):
-    """Check RECIPES (and overrides) without loading a model; exit 2 on any problem."""
+def validate(args, options, read_data):
+    """Check RECIPES [KEY=VALUE ...] without loading a model; exit 2 on any problem.
+
+    Overrides are written as for `peftkit run` (train.epochs=1) and apply to every recipe."""
     from peftkit.errors import DataError, RecipeError, UsageError
     from peftkit.recipe import load_recipe
 
+    from pathlib import Path
+
+    def is_override(arg: str) -> bool:
+        return "=" in arg and not Path(arg).exists()
+
+    recipes = [a for a in args if not is_override(a)]
+    overrides = [*options, *(a for a in args if is_override(a))]
+    if not recipes:
+        raise UsageError("validate: name at least one recipe file (or shipped recipe) before the "
+                         "overrides")
     failed = 0
     for path in recipes:
         try:

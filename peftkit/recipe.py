@@ -189,9 +189,23 @@ TOP_KEYS = ["task", "strategy", *SECTIONS]
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
     """Read a recipe file, apply `key=value` overrides, validate. Raises RecipeError."""
-    path = str(path)
+    path = shipped_or_file(str(path))
     raw = read_yaml(path)
+    if not raw:  # every default would train for the better part of an hour on the demo set
+        raise RecipeError(["the recipe is empty; write at least `task:` and `data:`, or start from "
+                           "a shipped one: peftkit recipes copy lora_ner my.yaml"], source=path)
     return build_recipe(raw, overrides, source=path)
+
+
+def shipped_or_file(path: str) -> str:
+    """A path as given, or the shipped recipe of that name (`peftkit run lora_ner`) when no such
+    file exists here."""
+    if Path(path).exists():
+        return path
+    from peftkit import shipped_recipes
+
+    name = path.removesuffix(".yaml")
+    return str(shipped_recipes.ROOT / f"{name}.yaml") if name in shipped_recipes.names() else path
 
 
 def read_yaml(path: str) -> dict:
