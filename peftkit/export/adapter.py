@@ -14,15 +14,31 @@ the run's saved files are copied.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 from peftkit import rundir
-from peftkit.export.card import model_card
+from peftkit.export.card import model_card, portable_base
 from peftkit.export.folder import ADAPTER, check_out, staged, write_meta
 from peftkit.export.merge import RunInfo, base_label
 
 RUN_FILES = (rundir.RECIPE, rundir.LABELS, rundir.RESULT)
+
+
+def describe_run_weights(run_dir: Path, recipe, result: dict, labels) -> None:
+    """Make the run folder's own weights travel like an export: peft's adapter_config.json names
+    the base by its portable name (peft writes this machine's path of it), and the card replaces
+    peft's empty README.md template."""
+    folder = rundir.weights_dir(run_dir)
+    config = folder / "adapter_config.json"
+    if config.is_file():
+        data = json.loads(config.read_text(encoding="utf-8"))
+        data["base_model_name_or_path"] = portable_base(recipe)
+        rundir.write_json(config, data)
+    sources = [{"run": str(run_dir), "weight": 1.0}]
+    card = model_card(ADAPTER, folder, recipe, labels, [result], sources)
+    rundir.atomic_write_text(folder / "README.md", card)
 
 
 def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
@@ -36,7 +52,7 @@ def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
             if (run.dir / name).is_file():
                 shutil.copy2(run.dir / name, tmp / name)
         sources = [{"run": str(run.dir), "weight": 1.0}]
-        card = model_card(ADAPTER, out, recipe, run.labels, [run.result], base, sources)
+        card = model_card(ADAPTER, out, recipe, run.labels, [run.result], sources)
         (tmp / "README.md").write_text(card, encoding="utf-8")   # replaces peft's empty template
         write_meta(tmp, {"kind": ADAPTER, "task": recipe.task, "labels": run.labels,
                          "strategy": recipe.strategy_name, "base_model": base,

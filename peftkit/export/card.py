@@ -4,6 +4,7 @@ trained, what it scored, and how to load it — with the Hub's YAML front matter
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import yaml
 
@@ -17,15 +18,12 @@ AUTO_CLASS = {"token-classification": "AutoModelForTokenClassification",
               "causal-lm": "AutoModelForCausalLM"}
 
 
-def model_card(kind: str, out, recipe, labels, results: list[dict | None], base_label: str,
-               sources: list[dict], extra: dict | None = None) -> str:
-    """kind: merged | adapter. `results` holds each source run's result.json (or None)."""
-    whole = whole_model(kind, recipe)
-    library = "transformers" if whole else "peft" if peft_owned(recipe) else "peftkit"
-    front = {"library_name": library,
-             "pipeline_tag": PIPELINE_TAG.get(recipe.task, recipe.task),
-             "tags": ["peftkit", recipe.strategy_name, kind]}
-    parts = [f"---\n{yaml.safe_dump(front, sort_keys=False)}---\n",
+def model_card(kind: str, out, recipe, labels, results: list[dict | None], sources: list[dict],
+               extra: dict | None = None) -> str:
+    """kind: merged | adapter. `results` holds each source run's result.json (or None). The base
+    is named as a user elsewhere would load it (portable_base), as everything else in a card."""
+    base_label = portable_base(recipe)
+    parts = [f"---\n{front_matter(kind, out, recipe, results)}\n---\n",
              f"# {out.name}\n",
              intro(kind, recipe, base_label, sources),
              training_table(recipe, base_label, labels, sources, extra or {}),
@@ -33,8 +31,72 @@ def model_card(kind: str, out, recipe, labels, results: list[dict | None], base_
              how_to_load(kind, out, recipe),
              "## Recipe\n\nThe resolved recipe of the run"
              + (" (first source run)" if len(sources) > 1 else "") + ":\n\n```yaml\n"
-             + yaml.safe_dump(recipe.to_dict(), sort_keys=False) + "```\n"]
+             + yaml.safe_dump(portable_recipe(recipe), sort_keys=False) + "```\n"]
     return "\n".join(parts)
+
+
+def front_matter(kind: str, out, recipe, results: list[dict | None]) -> str:
+    """The Hub's card metadata (huggingface_hub.ModelCardData): base model and its license, the
+    data set, the test metrics as a model-index; names that mean something on another machine."""
+    from huggingface_hub import EvalResult, ModelCardData
+
+    library = "transformers" if whole_model(kind, recipe) else \
+        "peft" if peft_owned(recipe) else "peftkit"
+    task_type = PIPELINE_TAG.get(recipe.task, recipe.task)
+    data, on_hub = dataset_name(recipe)
+    result = results[0] if len(results) == 1 else None  # a weighted combination is unevaluated
+    metrics = {k: v for k, v in ((result or {}).get("test") or {}).items()
+               if isinstance(v, (int, float)) and not k.endswith(("runtime", "per_second", "epoch"))}
+    evals = [EvalResult(task_type=task_type, dataset_type=data, dataset_name=data,
+                        dataset_split=recipe.data.test_split or recipe.data.eval_split,
+                        metric_type=k, metric_value=v) for k, v in metrics.items()]
+    card = ModelCardData(base_model=portable_base(recipe), license=base_license(recipe),
+                         datasets=[data] if on_hub else None, library_name=library,
+                         pipeline_tag=task_type, tags=["peftkit", recipe.strategy_name, kind],
+                         model_name=out.name, eval_results=evals or None)
+    return card.to_yaml()
+
+
+def portable_recipe(recipe) -> dict:
+    """The recipe as the card shows it: local paths (base, data, output) by their names only."""
+    from peftkit.models_registry import ALIAS_HUB
+
+    out = recipe.to_dict()
+    if recipe.model.name not in ALIAS_HUB:
+        out["model"]["name"] = portable_base(recipe)
+    out["data"]["name"] = dataset_name(recipe)[0]
+    if out["output"].get("dir"):
+        out["output"]["dir"] = Path(out["output"]["dir"]).name
+    return out
+
+
+def portable_base(recipe) -> str:
+    """The base as a user elsewhere loads it (models_registry.portable_name), never a local path."""
+    from peftkit.errors import PeftkitError
+    from peftkit.models import source_of
+    from peftkit.models_registry import portable_name
+
+    try:
+        return portable_name(source_of(recipe))
+    except PeftkitError:
+        return Path(recipe.model.name).name
+
+
+def base_license(recipe) -> str | None:
+    from peftkit.models_registry import ALIAS_HUB
+
+    return ALIAS_HUB.get(recipe.model.name, (None, None))[1]
+
+
+def dataset_name(recipe) -> tuple[str, bool]:
+    """(the data set's name, whether it is a hub id): a local folder by its name only."""
+    from peftkit.data.registry import data_source
+
+    try:
+        kind = data_source(recipe).kind
+    except Exception:  # a moved local folder: the card still names it
+        kind = "local"
+    return (recipe.data.name if kind != "local" else Path(recipe.data.name).name), kind == "hub"
 
 
 def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
@@ -66,7 +128,7 @@ def training_table(recipe, base_label, labels, sources, extra: dict) -> str:
             ("training", f"{t.epochs:g} epochs" + (f" / max {t.max_steps} steps" if t.max_steps else "")
              + f", batch {t.batch_size}, learning rate {t.learning_rate:g}, seed {t.seed}"),
             ("source run" + ("s" if len(sources) > 1 else ""),
-             ", ".join(f"`{s['run']}`" for s in sources))]
+             ", ".join(f"`{Path(s['run']).name}`" for s in sources))]
     if labels:
         rows.append(("labels", ", ".join(f"`{x}`" for x in labels)))
     rows += [(k, str(v)) for k, v in extra.items()]
@@ -79,7 +141,7 @@ def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
                  "This weighted combination has not been evaluated; the source runs scored:\n"]
         for r in results:
             if r:
-                lines.append(f"- `{r.get('run_dir')}`: test {r['metric']} {fmt(r['test'].get(r['metric']))}")
+                lines.append(f"- `{Path(r.get('run_dir', '?')).name}`: test {r['metric']} {fmt(r['test'].get(r['metric']))}")
         lines.append("\nEvaluate the combination with `peftkit eval THIS_FOLDER --data NAME_OR_PATH`.\n")
         return "\n".join(lines)
     result = results[0]
@@ -102,7 +164,10 @@ def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
 
 
 def how_to_load(kind: str, out, recipe) -> str:
+    """Code that loads the folder wherever it was copied to: named by its folder name, the base by
+    its portable name."""
     auto = AUTO_CLASS.get(recipe.task, "AutoModel")
+    out = Path(out.name)
     if whole_model(kind, recipe):
         use = ("inputs = tokenizer(\"Hello\", return_tensors=\"pt\")\n"
                "print(tokenizer.decode(model.generate(**inputs)[0]))" if recipe.task == "causal-lm"
@@ -129,15 +194,16 @@ def how_to_load(kind: str, out, recipe) -> str:
 
 
 def base_args(recipe) -> str:
-    """from_pretrained arguments that load this run's base (a packaged alias: its install path)."""
-    from peftkit.errors import PeftkitError
-    from peftkit.models import source_of
+    """from_pretrained arguments that load this run's base on another machine: a packaged alias
+    by its hub id (the same weights), a local folder or GGUF file by its name."""
+    from peftkit.models_registry import ALIAS_HUB
 
-    try:
-        source = source_of(recipe)
-    except PeftkitError:
-        return repr(recipe.model.name)
-    return repr(source.path) + (f", gguf_file={source.gguf_file!r}" if source.gguf_file else "")
+    name = portable_base(recipe)
+    if recipe.model.name in ALIAS_HUB:
+        return repr(name)
+    if name.endswith(".gguf"):  # transformers reads a GGUF file from its folder
+        return f"\"path/to/its/folder\", gguf_file={name!r}"
+    return repr(name) + (f", gguf_file={recipe.model.gguf_file!r}" if recipe.model.gguf_file else "")
 
 
 def whole_model(kind: str, recipe) -> bool:

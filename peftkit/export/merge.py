@@ -192,7 +192,7 @@ def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources
     with staged(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
-        card = model_card(MERGED, out, recipe, labels, results, base, sources, extra)
+        card = model_card(MERGED, out, recipe, labels, results, sources, extra)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_meta(tmp, {"kind": MERGED, "task": recipe.task, "labels": labels,
                          "strategy": recipe.strategy_name, "base_model": base, "dtype": dtype,
