@@ -91,7 +91,8 @@ def check(metrics: dict, split: str, lr_hint: str = "") -> list[Finding]:
             out.append(Finding("one-class", split,
                                f"{pred_major:.1%} of the predictions are one class, where the most "
                                f"common gold class is {gold_major:.1%} of the examples",
-                               fix_lr))
+                               f"{fix_lr}; if the training classes are imbalanced, weigh them: "
+                               "train.class_weights=balanced"))
         elif m.get("accuracy") is not None and m["accuracy"] < gold_major + 2 * se:
             out.append(Finding("chance", split,
                                f"accuracy {m['accuracy']:.4f} is no better than always answering the "

@@ -105,6 +105,10 @@ class TrainSection:
     eval_steps: int | None = opt(None, "with eval_every: steps, evaluate every N steps", min=1)
     save_steps: int | None = opt(None, "checkpoint every N steps (null: at epoch ends)", min=1)
     save_total_limit: int = opt(2, "checkpoints kept", min=1)
+    class_weights: str = opt(
+        "none", "classification loss weights: none, or balanced (each class weighs the inverse "
+        "of its training frequency: for a minority class that matters, at some accuracy on the "
+        "majority)", choices=["none", "balanced"])
     early_stopping_patience: int | None = opt(
         None, "stop after N evaluations without a better validation score and restore the best "
         "checkpoint (the task's selection metric; needs eval_every)", min=1)
@@ -484,6 +488,9 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
     if recipe.train.eval_every == "steps" and recipe.train.eval_steps is None:
         problems.append("train.eval_steps: required when train.eval_every is steps")
     check_early_stopping(recipe.train, problems)
+    if recipe.train.class_weights != "none" and recipe.task == "causal-lm":
+        problems.append("train.class_weights: weighs classes of token or sequence classification; "
+                        "leave it out for causal-lm")
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
         problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
                         "use smollm2-135m or another decoder for task causal-lm")

@@ -14,6 +14,7 @@ from pathlib import Path
 from peftkit import rundir
 from peftkit.env import cpu_has_fast_bf16
 from peftkit.errors import PeftkitError
+from peftkit.tasks.base import IGNORE
 
 
 def resolve_precision(choice: str, quantized: bool = False) -> str:
@@ -136,6 +137,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
     trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
+    weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)))
+               if recipe.train.class_weights == "balanced" else None)
     metrics, preprocess = (task.probe_metrics() if probe else
                            (task.compute_metrics(labels, recipe), task.preprocess_logits))
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
@@ -148,9 +151,40 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             processing_class=tokenizer,
             compute_metrics=metrics,
             preprocess_logits_for_metrics=preprocess,
+            compute_loss_func=weighted_loss(weights) if weights else None,
             callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks,
                        *stopping],
         )
+
+
+def balanced_weights(prior: list[float]) -> list[float]:
+    """Class weights inverse to the training frequencies, averaging 1 over the training labels
+    (sum_c p_c * w_c = 1), so the loss keeps its scale and the learning rate its meaning."""
+    return [1.0 / (len(prior) * p) for p in prior]
+
+
+def weighted_loss(weights: list[float]):
+    """The Trainer's compute_loss_func: class-weighted cross-entropy over the labelled positions.
+
+    The Trainer hands over num_items_in_batch (labels over the accumulated batch and every
+    process) and then skips its own accumulation division and multiplies by the number of
+    processes, so the sum is divided by it; evaluation passes None: the batch's own count.
+    (peft's AdaLoRA adds its orthogonality penalty only to a loss the model computes itself: with
+    class weights that penalty is left out; its default weight is 0.)"""
+    import torch
+
+    def loss(outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+        if logits.dim() == 3:  # token classification; prompt tuning prepends virtual positions
+            logits = logits[:, -labels.shape[1]:]
+        flat = logits.reshape(-1, logits.shape[-1]).float()
+        w = torch.tensor(weights, device=flat.device)
+        total = torch.nn.functional.cross_entropy(flat, labels.reshape(-1).to(flat.device), weight=w,
+                                                  ignore_index=IGNORE, reduction="sum")
+        count = num_items_in_batch if num_items_in_batch is not None else (labels != IGNORE).sum()
+        return total / torch.as_tensor(count, device=flat.device).clamp(min=1)
+
+    return loss
 
 
 def declare_loss_kwargs(model) -> None:
