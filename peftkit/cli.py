@@ -5,11 +5,13 @@ Nothing heavy is imported at module level: `peftkit --help` and `peftkit validat
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
 
 import click
 
-from peftkit import __version__, env
+from peftkit import __version__, env, output
 from peftkit.cli_errors import friendly_errors
 
 
@@ -46,8 +48,27 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="peftkit")
-def main():
+@click.option("-q", "--quiet", is_flag=True, help="print only the result and errors")
+@click.option("-v", "--verbose", is_flag=True,
+              help="also print what the libraries say (load reports, warnings, raw Trainer logs), "
+                   "which otherwise go to the run folder's run.log")
+@click.pass_context
+def main(ctx, quiet, verbose):
     """Parameter-efficient fine-tuning from YAML recipes: run, bench, merge, predict."""
+    if quiet and verbose:
+        raise click.UsageError("-q and -v contradict each other; give one")
+    before = os.environ.get(output.ENV)
+    # a --nproc worker inherits its parent's level; otherwise the flags decide
+    if quiet or verbose or before is None:
+        output.set_level("quiet" if quiet else "verbose" if verbose else "normal")
+    ctx.call_on_close(lambda: restore_level(before))  # one call's flags, not the next one's
+
+
+def restore_level(before: str | None) -> None:
+    if before is None:
+        os.environ.pop(output.ENV, None)
+    else:
+        output.set_level(before)
 
 
 @main.command(context_settings={"ignore_unknown_options": False})
@@ -71,7 +92,8 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
     from peftkit.pipeline import run_recipe
     from peftkit.summary import print_summary
 
-    result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
+    with quiet_stdout():
+        result = run_recipe(parsed, run_dir=out, overwrite=overwrite, resume=resume)
     if env.is_main():  # one summary, not one per process
         print_summary(result)
     from peftkit.health import COLLAPSE_EXIT_CODE, is_collapsed
@@ -80,6 +102,17 @@ def run(recipe, overrides, out, overwrite, resume, nproc):
     if is_collapsed(result) and parsed.eval.fail_on_collapse \
             and not launched_by_peftkit():  # --nproc: the parent says it, once
         sys.exit(COLLAPSE_EXIT_CODE)
+
+
+@contextlib.contextmanager
+def quiet_stdout():
+    """-q: peftkit's own progress lines go nowhere (result.json keeps what they said); errors and
+    warnings are on stderr and stay."""
+    if not output.quiet():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 @main.command()

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from peftkit import distributed, env, health, rundir, tracking
+from peftkit import distributed, env, health, output, rundir, tracking
 from peftkit.data.labels import format_distribution
 from peftkit.data.readers import check_labels, load_raw
 from peftkit.data.registry import data_source
@@ -42,6 +42,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     if state == "finished":  # --resume of a run that already finished: nothing to train
         return distributed.main_first(lambda: rundir.finished_result(run_dir))
     env.set_threads(recipe)
+    output.route_libraries(run_dir / rundir.LOG if env.is_main() else None)
     parts = build(recipe)
     if env.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
@@ -250,7 +251,7 @@ def report_labels(raw, recipe) -> dict:
     if env.is_main() and dist:
         print("labels: " + "\n        ".join(format_distribution(dist)))
         for problem in found:
-            print(f"warning: {problem}")
+            output.warn(problem)
     return dist
 
 

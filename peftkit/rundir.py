@@ -38,6 +38,7 @@ from peftkit.errors import PeftkitError, UsageError
 
 RESULT, RECIPE, LABELS, METRICS = "result.json", "recipe.yaml", "labels.json", "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
+LOG = "run.log"  # what the libraries said (tables, warnings, raw Trainer logs): peftkit.output
 LR_SEARCH, LR_SEARCH_TMP = "lr_search.json", "lr_search.tmp"  # the second: probes' scratch folder
 ADAPTER_DIR, MODEL_DIR = "adapter", "model"  # the weights: a strategy's result, or a whole model
 WEIGHTS_TMP = (f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp")  # weights being written (save_weights)

@@ -11,7 +11,7 @@ import math
 from contextlib import contextmanager
 from pathlib import Path
 
-from peftkit import rundir
+from peftkit import output, rundir
 from peftkit.env import cpu_has_fast_bf16
 from peftkit.errors import PeftkitError
 from peftkit.tasks.base import IGNORE
@@ -87,7 +87,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         remove_unused_columns=False,
         label_names=["labels"],
         dataloader_num_workers=0,
-        disable_tqdm=probe,
+        disable_tqdm=probe or output.quiet(),
         ddp_find_unused_parameters=find_unused_parameters,  # the strategy's (Strategy docstring)
         **best_args,
     )
@@ -142,7 +142,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     metrics, preprocess = (task.probe_metrics() if probe else
                            (task.compute_metrics(labels, recipe), task.preprocess_logits))
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
-        return trainer_cls(
+        trainer = trainer_cls(
             model=model,
             args=args,
             train_dataset=encoded["train"],
@@ -155,6 +155,25 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks,
                        *stopping],
         )
+    quiet_raw_logs(trainer)
+    return trainer
+
+
+def quiet_raw_logs(trainer) -> None:
+    """The Trainer prints every log dict ({'loss': ...}) beside its progress bar; they are in
+    metrics.jsonl already, so the screen shows them only with -v."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    if output.verbose():
+        return
+    trainer.remove_callback(PrinterCallback)
+    if trainer.pop_callback(ProgressCallback) is not None:
+
+        class BarsOnly(ProgressCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                pass
+
+        trainer.add_callback(BarsOnly())
 
 
 def balanced_weights(prior: list[float]) -> list[float]:

@@ -25,6 +25,9 @@ def eval_cmd(folder, overrides, data, split, max_samples, as_json):
     dotted key=value pairs for that (data.tags_column=ner, train.eval_batch_size=128).
     """
     from peftkit.predict import evaluate_folder
+    from peftkit.output import route_libraries
+
+    route_libraries()  # load reports and library warnings only with -v
 
     report = evaluate_folder(folder, data=data, split=split, max_samples=max_samples,
                              overrides=list(overrides))

@@ -20,6 +20,9 @@ def export(run_dir, out, overwrite):
     prefix runs use peftkit's own format. `peftkit predict` and `peftkit eval` accept the folder.
     """
     from peftkit.export import export_adapter
+    from peftkit.output import route_libraries
+
+    route_libraries()  # load reports and library warnings only with -v
 
     folder = export_adapter(run_dir, out, overwrite=overwrite)
     click.echo(f"adapter written to {folder} (see its README.md for how to load it)")

@@ -32,6 +32,9 @@ def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite):
     their adapters are combined with --weights and --method through peft, then folded in.
     """
     from peftkit.export import merge_run, merge_weighted
+    from peftkit.output import route_libraries
+
+    route_libraries()  # load reports and library warnings only with -v
 
     if len(runs) == 1 and weights is None:
         folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite)

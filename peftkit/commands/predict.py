@@ -29,6 +29,9 @@ def predict(folder, texts, input_file, output):
     if not items:
         raise UsageError("no texts: give them as arguments, in a file with --input, or on stdin")
     from peftkit.predict import predict_texts
+    from peftkit.output import route_libraries
+
+    route_libraries()  # load reports and library warnings only with -v
 
     records = predict_texts(folder, items)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)

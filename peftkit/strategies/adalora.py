@@ -23,6 +23,7 @@ pattern is set aside, so the checkpoint holds the full-size masked weights, and 
 from __future__ import annotations
 
 from peftkit.errors import PeftkitError
+from peftkit.output import warn
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
 
 
@@ -115,7 +116,7 @@ class AdaLoraStrategy(PeftStrategy):
         if config is None:
             return
         if saved is None:
-            print(f"warning: {folder} has no peftkit_state.pt; AdaLoRA's importance scores restart "
+            warn(f"{folder} has no peftkit_state.pt; AdaLoRA's importance scores restart "
                   "from zero, so the resumed run will differ slightly from an uninterrupted one")
             return
         alloc = model.base_model.rankallocator
@@ -164,7 +165,7 @@ def budget_callback(model):
             if state.is_world_process_zero and not any(effective_ranks(model).values()):
                 # peft prunes every triplet whose score ties the threshold: on a very short run
                 # the scores are all still zero, and the adapter ends empty (only the head trains)
-                print("warning: adalora pruned every rank, so the adapter is empty and only the "
+                warn("adalora pruned every rank, so the adapter is empty and only the "
                       "head learned; train longer (more steps) or lower strategy.tinit")
 
     return AdaLoraBudget()
