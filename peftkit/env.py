@@ -57,13 +57,50 @@ def cpu_has_fast_bf16() -> bool:
 
 # ---------------------------------------------------------------- threads
 
-def set_threads(recipe) -> None:
+def set_threads(recipe) -> int:
+    """torch's thread count for this run, returned for result.json: train.num_threads, else this
+    process's fair share of the cores. Two runs that each take every core are ~10x slower
+    together than one after the other (their GEMM threads spin against each other), so peftkit
+    runs already training on this machine count as sharers."""
     import torch
 
     if recipe.train.num_threads:
         torch.set_num_threads(recipe.train.num_threads)
     elif "OMP_NUM_THREADS" not in os.environ:  # processes of one launch share the cores
-        torch.set_num_threads(max(1, default_threads() // local_world_size()))
+        others = other_trainings()
+        threads = max(1, default_threads() // (local_world_size() * (1 + others)))
+        if others and is_main():
+            print(f"note: {others} other peftkit run{'s' if others > 1 else ''} training on this "
+                  f"machine: using {threads} of {default_threads()} cores (train.num_threads "
+                  "sets it; runs one after the other finish sooner)")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def other_trainings() -> int:
+    """peftkit run / bench processes on this machine other than this one and its own launch."""
+    try:
+        import psutil
+    except ImportError:
+        return 0
+    mine = {os.getpid(), os.getppid()}
+    count = 0
+    for proc in psutil.process_iter(["pid", "ppid", "cmdline"]):
+        args = proc.info.get("cmdline") or []
+        if proc.info["pid"] in mine or proc.info.get("ppid") in mine:
+            continue
+        if is_training_command(args):
+            count += 1
+    return count
+
+
+def is_training_command(args: list[str]) -> bool:
+    """`peftkit run|bench ...` or `python -m peftkit run|bench ...` (not torchrun's parent)."""
+    for i, arg in enumerate(args):
+        if arg == "peftkit" and i > 0 and args[i - 1] == "-m" or arg.endswith("/peftkit"):
+            rest = [a for a in args[i + 1:] if not a.startswith("-")]
+            return bool(rest) and rest[0] in ("run", "bench")
+    return False
 
 
 @functools.lru_cache(maxsize=1)

@@ -41,7 +41,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         lambda: prepare_folder(run_dir, recipe, overwrite, resume))
     if state == "finished":  # --resume of a run that already finished: nothing to train
         return distributed.main_first(lambda: rundir.finished_result(run_dir))
-    env.set_threads(recipe)
+    threads = env.set_threads(recipe)
     output.route_libraries(run_dir / rundir.LOG if env.is_main() else None)
     parts = build(recipe)
     if env.is_main():
@@ -51,6 +51,7 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     if search is not None:
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
+    result["threads"] = threads
     result["health"] = judge(result)
     if env.is_main():
         if recipe.output.save_model:  # portable adapter config and a model card, like an export

@@ -115,7 +115,8 @@ class TrainSection:
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
     report_to: list[str] = opt([], "the Trainer's logging integrations (tensorboard, mlflow, wandb, ...)",
                                choices=list(REPORTERS))
-    num_threads: int | None = opt(None, "CPU threads for torch (null: all cores)", min=1)
+    num_threads: int | None = opt(None, "CPU threads for torch (null: this process's share of the cores, "
+                                "other peftkit runs on the machine counted; docs/speed.md)", min=1)
 
 
 @dataclass

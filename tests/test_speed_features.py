@@ -205,3 +205,26 @@ def test_cli_start_does_not_import_torch(tmp_path, argv):
     out = subprocess.run([sys.executable, "-c", "\n".join(code)], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+@pytest.mark.parametrize("args,training", [
+    (["/venv/bin/python", "-m", "peftkit", "run", "r.yaml"], True),
+    (["/venv/bin/peftkit", "-q", "bench", "suite.yaml"], True),
+    (["/venv/bin/peftkit", "predict", "runs/x", "text"], False),
+    (["python", "-m", "pytest", "-k", "run"], False),
+    (["vim", "peftkit"], False),
+])
+def test_other_peftkit_trainings_are_recognised(args, training):
+    from peftkit.env import is_training_command
+
+    assert is_training_command(args) is training
+
+
+def test_a_second_run_on_the_machine_takes_a_share_of_the_cores(tiny_bert_dir, tmp_path, monkeypatch):
+    from peftkit import env
+    from peftkit.pipeline import run_recipe
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(env, "other_trainings", lambda: 1)
+    result = run_recipe(build_recipe(tiny_ner_recipe(tiny_bert_dir, tmp_path / "run")))
+    assert result["threads"] == max(1, env.default_threads() // 2)
