@@ -201,7 +201,7 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
                                       recipe.strategy)
              if recipe.output.save_model else None)  # FSDP / ZeRO-3: every process gathers
     if trainer.is_world_process_zero() and saved is not None:
-        result["adapter_bytes"] = rundir.dir_size(saved)
+        result["adapter_bytes"] = rundir.weights_size(saved)
     result["_losses"] = [x["loss"] for x in trainer.state.log_history if "loss" in x]
     result["_evaluations"] = watch.evaluations
     return result, tracker

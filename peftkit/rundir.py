@@ -217,8 +217,12 @@ def weights_dir(run_dir: Path) -> Path:
                      "(or it ran with output.save_model: false)")
 
 
-def dir_size(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+def weights_size(path: Path) -> int:
+    """Bytes of the weight files in a saved folder (not its tokenizer, configs or card)."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
 
 
 def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe=None):

@@ -11,7 +11,7 @@ def format_summary(result: dict) -> str:
     rows = [
         ("run folder", result["run_dir"]),
         ("task / strategy", f"{result['task']} / {result['strategy']}"),
-        ("model", f"{result['model']} ({result['quantization']}, {result['precision']})"),
+        ("model", f"{result['model']} ({base_precision(result)}, trained in {result['precision']})"),
         (f"test {metric}", fmt(test.get(metric))),
     ]
     rows += [(f"  {k}", fmt(v)) for k, v in test.items()
@@ -35,6 +35,12 @@ def format_summary(result: dict) -> str:
         rows.append(("saved weights", f"{result['adapter_bytes'] / 2**20:.2f} MB"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def base_precision(result: dict) -> str:
+    """How the base's weights were held: `none` says nothing to a newcomer."""
+    q = result.get("quantization", "none")
+    return "full-precision base" if q == "none" else f"{q} quantized base"
 
 
 def fmt(value) -> str:

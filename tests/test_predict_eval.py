@@ -187,3 +187,26 @@ def test_eval_names_tags_the_model_never_learned(lora_run, tmp_path):
         evaluate_folder(lora_run, data=str(folder))
     cli = CliRunner().invoke(main, ["eval", str(lora_run), "--data", str(folder)])
     assert cli.exit_code == 2 and "not trained on" in cli.output and "Traceback" not in cli.output
+
+
+@pytest.mark.parametrize("text,words", [
+    ("Follow @jdoe at https://x.com/a?b=1. Great #NLP day!",
+     ["Follow", "@jdoe", "at", "https://x.com/a?b=1", ".", "Great", "#NLP", "day", "!"]),
+    ("Mail a.b+c@mail.co.uk, in the U.S. at 3.5 o'clock (www.site.org)",
+     ["Mail", "a.b+c@mail.co.uk", ",", "in", "the", "U.S.", "at", "3.5", "o'clock", "(",
+      "www.site.org", ")"]),
+])
+def test_raw_text_is_split_the_way_ner_corpora_are(text, words):
+    from peftkit.tasks.token_classification import WORD
+
+    assert [m.group() for m in WORD.finditer(text)] == words
+
+
+def test_predict_in_batches_gives_what_one_text_at_a_time_gives(known_run, monkeypatch):
+    import peftkit.tasks.token_classification as tc
+
+    texts = [TEXT, "visited .", TEXT + " " + TEXT, "x"]
+    together = predict_cli(known_run, *texts)
+    monkeypatch.setattr(tc, "PREDICT_BATCH", 1)
+    assert predict_cli(known_run, *texts) == together
+    assert together[0] == {"text": TEXT, "entities": EXPECTED}

@@ -40,8 +40,10 @@ def utf8_problem(path: Path, data: bytes | None = None,
         except UnicodeDecodeError as found:
             exc = found
     line = data[:exc.start].count(b"\n") + 1
+    # cp1252 rather than latin1: it decodes every Latin-1 letter the same, and also the curly
+    # quotes and dashes (0x80-0x9f) that Windows editors write, which latin1 turns into controls
     return (f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 (the file is probably "
-            f"Latin-1 or Windows-1252); re-encode it, e.g. iconv -f latin1 -t utf-8 "
+            f"Windows-1252 or Latin-1); re-encode it, e.g. iconv -f cp1252 -t utf-8 "
             f"{Path(path).name} > fixed_{Path(path).name}")
 
 

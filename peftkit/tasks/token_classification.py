@@ -7,7 +7,14 @@ import re
 from peftkit.errors import DataError
 from peftkit.tasks.base import IGNORE, Task, tokenize_splits
 
-WORD = re.compile(r"\w+(?:[-'.]\w+)*|[^\w\s]")
+# Raw text split into words the way NER corpora are tokenized: URLs, e-mail addresses, @handles
+# and #hashtags stay whole (social-media sets label them as one token), a trailing full stop or
+# comma is not part of a URL, abbreviations keep their dots (U.S.), words their inner
+# hyphens / apostrophes / dots (o'clock, 3.5),
+# every other punctuation mark is a word of its own.
+WORD = re.compile(r"(?:https?://|www\.)\S+?(?=[.,;:!?)\]]*(?:\s|$))|[\w.+-]+@\w+(?:\.\w+)+"
+                  r"|[@#]\w+|(?:[A-Za-z]\.){2,}|\w+(?:[-'.]\w+)*|[^\w\s]")
+PREDICT_BATCH = 32  # texts per forward pass in predict
 
 
 class TokenClassification(Task):
@@ -70,19 +77,29 @@ class TokenClassification(Task):
 
         out = []
         model.eval()
-        for text in texts:
-            spans = [(m.group(), m.start(), m.end()) for m in WORD.finditer(text)]
-            words = [w for w, _, _ in spans] or [""]
-            enc = tokenizer(words, is_split_into_words=True, truncation=True,
+        for start in range(0, len(texts), PREDICT_BATCH):
+            batch = texts[start:start + PREDICT_BATCH]
+            spans = [[(m.group(), m.start(), m.end()) for m in WORD.finditer(t)] for t in batch]
+            words = [[w for w, _, _ in s] or [""] for s in spans]
+            enc = tokenizer(words, is_split_into_words=True, truncation=True, padding=True,
                             max_length=recipe.data.max_length, return_tensors="pt")
             with torch.no_grad():
-                logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits[0]
-            tags = ["O"] * len(spans)
-            for pos, w in enumerate(enc.word_ids(0)):
-                if w is not None and w < len(spans) and (pos == 0 or enc.word_ids(0)[pos - 1] != w):
-                    tags[w] = labels[int(logits[pos].argmax())]
-            out.append({"text": text, "entities": entities_from_tags(text, spans, tags)})
+                logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits
+            for i, text in enumerate(batch):
+                tags = word_tags(enc.word_ids(i), logits[i], len(spans[i]), labels)
+                out.append({"text": text, "entities": entities_from_tags(text, spans[i], tags)})
         return out
+
+
+def word_tags(word_ids: list[int | None], logits, n_words: int, labels: list[str]) -> list[str]:
+    """Each word's tag from its first sub-token (as trained: align_labels); words cut off by
+    max_length stay O."""
+    tags, previous = ["O"] * n_words, None
+    for pos, w in enumerate(word_ids):
+        if w is not None and w < n_words and w != previous:
+            tags[w] = labels[int(logits[pos].argmax())]
+        previous = w
+    return tags
 
 
 def align_labels(word_ids: list[int | None], word_labels: list[int]) -> list[int]:
