@@ -42,9 +42,17 @@ def truncation_line(recipe, task, raw, labels) -> str:
 
     from peftkit.models import load_tokenizer, source_of
 
+    from datasets import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
+
     sample = DatasetDict({role: ds.select(range(min(len(ds), SAMPLE))) for role, ds in raw.items()})
     tokenizer = load_tokenizer(source_of(recipe), recipe)
-    _, stats = task.encode(sample, tokenizer, recipe, labels)
+    shown = is_progress_bar_enabled()
+    disable_progress_bars()  # a check, not a run: no tokenizing bars in validate's output
+    try:
+        _, stats = task.encode(sample, tokenizer, recipe, labels)
+    finally:
+        if shown:
+            enable_progress_bars()
     shares = ", ".join(f"{role} {stats.get(f'truncated_{role}', 0) / len(ds):.1%}"
                        for role, ds in sample.items())
     note = f" (first {SAMPLE:,} examples of each split)" if any(len(ds) > SAMPLE for ds in raw.values()) else ""

@@ -44,6 +44,11 @@ class DataReport:
                 "splits": {role: {"from": self.where[role], "how": self.how[role],
                                   "examples": self.examples.get(role)} for role in self.where}}
 
+    def guessed(self) -> bool:
+        """Anything beyond standard file or split names: worth printing at the start of a run."""
+        return any(not (how == "standard name" or how.startswith("split '") and "(for" not in how)
+                   for how in self.how.values())
+
     def lines(self) -> list[str]:
         out = [f"data: {self.source}"]
         for role in self.where:
@@ -134,9 +139,10 @@ def read_roles(recipe, source, splits: dict):
         loaded = read_disk(Path(source.location))
         if hasattr(loaded, "keys"):
             found = dict_roles(loaded, splits, source.location, report)
-        else:
-            found["train"] = loaded
-            report.where["train"], report.how["train"] = source.location, "save_to_disk folder, one split"
+        else:  # one Dataset: like a single file
+            for role in (r for r, split in splits.items() if split == splits["train"]):
+                found[role] = loaded
+                report.where[role], report.how[role] = source.location, "save_to_disk folder, one split"
     plan = file_plan(recipe, source, splits) if source.kind in ("local", "files") else {}
     plan.update(key_plan(recipe))  # data.train_file / validation_file / test_file win
     cache = {}
@@ -163,8 +169,10 @@ def file_plan(recipe, source, splits: dict) -> dict:
     location = Path(source.location)
     if source.kind == "files" or is_disk_folder(location):
         return {}
-    if location.is_file():  # one file: the training split; validation is held out of it
-        return {"train": (location, "data.name, a single file")}
+    if location.is_file():  # one file: the training split (validation is held out of it), and
+        # every role that reads the same split name (`peftkit eval --data file`: all of them)
+        return {role: (location, "data.name, a single file") for role, split in splits.items()
+                if split == splits["train"]}
     plan = {}
     for role, split in splits.items():
         found = find_split_file(location, split)
