@@ -17,6 +17,7 @@ import click
 from peftkit.cli_errors import friendly_errors
 
 SAMPLE = 2000  # examples per split tokenized for the truncation share: a second, not a minute
+TOKENIZERS: dict = {}  # validate checks many recipes on one model: load its tokenizer once
 
 
 def describe_data(recipe, truncation: bool = True) -> list[str]:
@@ -45,7 +46,11 @@ def truncation_line(recipe, task, raw, labels) -> str:
     from datasets import disable_progress_bars, enable_progress_bars, is_progress_bar_enabled
 
     sample = DatasetDict({role: ds.select(range(min(len(ds), SAMPLE))) for role, ds in raw.items()})
-    tokenizer = load_tokenizer(source_of(recipe), recipe)
+    source = source_of(recipe)
+    key = (source.path, source.gguf_file, recipe.model.revision)
+    if key not in TOKENIZERS:  # a GGUF model's tokenizer takes seconds to unpack
+        TOKENIZERS[key] = load_tokenizer(source, recipe)
+    tokenizer = TOKENIZERS[key]
     shown = is_progress_bar_enabled()
     disable_progress_bars()  # a check, not a run: no tokenizing bars in validate's output
     try:
