@@ -371,3 +371,19 @@ def test_new_data_keys_are_checked(tmp_path):
     assert "data.validation_size: 1.5 is neither a share below 1" in text
     assert "data.template: 'chat' is not allowed; choose one of tokenizer, plain, alpaca" in text
     assert "data.test_file:" in text and "missing.txt is not a file" in text
+
+
+def test_a_held_out_example_with_a_label_nowhere_else_goes_back_to_training(tmp_path):
+    rows = [{"sentence": f"fine {i}", "label": "positive" if i % 2 else "negative"} for i in range(19)]
+    rows.append({"sentence": "odd one", "label": "neutral"})  # the only example of its class
+    (tmp_path / "all.jsonl").write_text(jsonl(rows))
+    recipe = build_recipe({"task": "sequence-classification",
+                           "data": {"name": "all.jsonl", "validation_size": 0.5}},
+                          source=str(tmp_path / "r.yaml"))
+    for seed in range(5):
+        raw, report = read_data(recipe if seed == 0 else build_recipe(
+            {"task": "sequence-classification", "data": {"name": "all.jsonl", "validation_size": 0.5},
+             "train": {"seed": seed}}, source=str(tmp_path / "r.yaml")),
+            get_task("sequence-classification"))
+        assert "neutral" in raw["train"]["label"] and "neutral" not in raw["eval"]["label"]
+        assert len(raw["train"]) + len(raw["eval"]) == 20

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from peftkit.errors import DataError
 
-SHAPES = ("pairs", "messages", "sharegpt", "alpaca")
+SHAPE_NAMES = {"pairs": "prompt/target columns", "messages": "OpenAI messages rows",
+               "sharegpt": "ShareGPT conversations rows", "alpaca": "Alpaca instruction/output rows"}
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "chatgpt": "assistant", "bard": "assistant", "model": "assistant",
                   "system": "system"}

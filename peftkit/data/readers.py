@@ -17,7 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftkit.data.chat import alpaca_rows, causal_shape, chat_rows, sharegpt_rows  # noqa: F401
+from peftkit.data.chat import (SHAPE_NAMES, alpaca_rows, causal_shape, chat_rows,  # noqa: F401
+                               sharegpt_rows)
 from peftkit.data.checks import check_rows, check_unseen_labels
 from peftkit.data.files import read_disk, read_file  # noqa: F401 (read_file: tests, predict)
 from peftkit.data.layout import FILE_KEYS, find_split_file, is_disk_folder, kind_of_split
@@ -44,6 +45,13 @@ class DataReport:
                 "splits": {role: {"from": self.where[role], "how": self.how[role],
                                   "examples": self.examples.get(role)} for role in self.where}}
 
+    def same_as(self, role: str, other: str, how: str) -> None:
+        """`role` is made from `other`'s examples (held out of it, or the same split)."""
+        self.where[role], self.how[role] = self.where[other], how
+        self.columns[role] = self.columns.get(other, [])
+        if other in self.shape:
+            self.shape[role] = self.shape[other]
+
     def guessed(self) -> bool:
         """Anything beyond standard file or split names: worth printing at the start of a run."""
         return any(not (how == "standard name" or how.startswith("split '") and "(for" not in how)
@@ -52,7 +60,7 @@ class DataReport:
     def lines(self) -> list[str]:
         out = [f"data: {self.source}"]
         for role in self.where:
-            shape = f", {self.shape[role]} rows" if role in self.shape else ""
+            shape = f", {self.shape[role]}" if role in self.shape else ""
             out.append(f"{role}: {self.where[role]} ({self.how[role]}{shape}); "
                        f"{self.examples.get(role, 0):,} examples; columns "
                        f"{', '.join(self.columns.get(role, [])) or '-'}")
@@ -79,9 +87,9 @@ def read_data(recipe, task):
     for role, ds in found.items():
         if id(ds) not in done:
             done[id(ds)] = standardize(ds, task, recipe, report.where[role])
-            report.shape.update({role: causal_shape(ds.column_names, recipe.data)}
-                                if task.name == "causal-lm" else {})
         raw[role] = done[id(ds)]
+        if task.name == "causal-lm":
+            report.shape[role] = SHAPE_NAMES[causal_shape(ds.column_names, recipe.data)]
     check_present(raw, splits, source, report)
     fill_missing(raw, recipe, report)
     limits = {"train": recipe.data.max_train_samples, "eval": recipe.data.max_eval_samples,
@@ -112,20 +120,16 @@ def fill_missing(raw: dict, recipe, report: DataReport) -> None:
     d = recipe.data
     if "eval" not in raw:
         n = len(raw["train"])
-        raw["train"], raw["eval"] = hold_out(raw["train"], d.validation_size, recipe.train.seed,
-                                             report.where["train"])
-        report.where["eval"] = report.where["train"]
-        report.how["eval"] = (f"held out of train: {len(raw['eval']):,} of {n:,} examples, "
-                              f"data.validation_size={d.validation_size:g}, seed {recipe.train.seed}")
+        raw["train"], raw["eval"], back = hold_out(raw["train"], d.validation_size,
+                                                   recipe.train.seed, report.where["train"])
+        moved = f"; {back} put back in train: their labels occur nowhere else" if back else ""
+        report.same_as("eval", "train", f"held out of train: {len(raw['eval']):,} of {n:,} "
+                       f"examples, data.validation_size={d.validation_size:g}, seed "
+                       f"{recipe.train.seed}{moved}")
         report.how["train"] += f"; {len(raw['eval']):,} examples held out for validation"
-        report.columns["eval"] = report.columns.get("train", [])
-        report.shape.update({"eval": report.shape["train"]} if "train" in report.shape else {})
     if "test" not in raw:
         raw["test"] = raw["eval"]
-        report.where["test"] = report.where["eval"]
-        report.how["test"] = "no test split: the validation split is scored at the end"
-        report.columns["test"] = report.columns.get("eval", [])
-        report.shape.update({"test": report.shape["eval"]} if "eval" in report.shape else {})
+        report.same_as("test", "eval", "no test split: the validation split is scored at the end")
 
 
 def read_roles(recipe, source, splits: dict):
