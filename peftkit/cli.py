@@ -24,6 +24,7 @@ LAZY_COMMANDS = {
     "predict": ("peftkit.commands.predict", "predict"),
     "eval": ("peftkit.commands.evaluate", "eval_cmd"),
     "recipes": ("peftkit.commands.recipes", "recipes"),
+    "inspect-data": ("peftkit.commands.inspect_data", "inspect_data"),
 }
 
 
@@ -119,9 +120,12 @@ def quiet_stdout():
 @click.argument("args", nargs=-1, required=True)
 @click.option("-o", "--override", "options", multiple=True, help="dotted key=value, repeatable")
 @click.option("--data/--no-data", "read_data", default=True, show_default=True,
-              help="also read each recipe's data: rows, labels per split, labels that look wrong")
+              help="also read each recipe's data as run does: files per split, rows, labels per "
+                   "split, truncation share")
+@click.option("--data-only", is_flag=True, help="print only what was detected in the data "
+              "(the lines of `peftkit inspect-data`)")
 @friendly_errors
-def validate(args, options, read_data):
+def validate(args, options, read_data, data_only):
     """Check RECIPES [KEY=VALUE ...] without loading a model; exit 2 on any problem.
 
     Overrides are written as for `peftkit run` (train.epochs=1) and apply to every recipe."""
@@ -142,12 +146,13 @@ def validate(args, options, read_data):
     for path in recipes:
         try:
             recipe = load_recipe(path, list(overrides))
-            if read_data:
-                from peftkit.data.readers import describe_data
+            if read_data or data_only:
+                from peftkit.commands.inspect_data import describe_data
 
                 for line in describe_data(recipe):
-                    click.echo(f"  {line}")
-            click.echo(f"ok: {path}")
+                    click.echo(line if data_only else f"  {line}")
+            if not data_only:
+                click.echo(f"ok: {path}")
         except (RecipeError, DataError, UsageError) as exc:
             failed += 1
             click.secho(f"error: {exc}", fg="red", err=True)

@@ -18,7 +18,7 @@ import click
 
 from peftkit import distributed, env, health, output, rundir, tracking
 from peftkit.data.labels import format_distribution
-from peftkit.data.readers import check_labels, load_raw
+from peftkit.data.readers import check_labels, read_data
 from peftkit.data.registry import data_source
 from peftkit.export.adapter import describe_run_weights
 from peftkit.models import init_head_bias, load_model, load_tokenizer, source_of
@@ -95,8 +95,10 @@ def build(recipe) -> Build:
 
     set_seed(recipe.train.seed)
     task = get_task(recipe.task)
-    raw = load_raw(recipe, task)
-    dist = report_labels(raw, recipe)
+    raw, report = read_data(recipe, task)
+    if env.is_main() and report.guessed():  # say which file became which split, and why
+        print("\n".join(report.lines()))
+    dist = report_labels(raw, recipe, report.where)
     labels = task.label_names(raw, recipe)
     source = source_of(recipe)
     tokenizer = load_tokenizer(source, recipe)
@@ -108,6 +110,7 @@ def build(recipe) -> Build:
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=quantized, tokenizer=tokenizer,
                        total_steps=total_train_steps(recipe, len(encoded["train"]), env.world_size()))
     data_stats["label_counts"] = dist
+    data_stats["data"] = report.record()  # which file became which split, what was held out
     prior = (task.label_prior(encoded["train"], len(labels))
              if labels and recipe.model.head_init == "prior" else None)
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
@@ -246,9 +249,9 @@ def absolute_paths(recipe):
     return recipe
 
 
-def report_labels(raw, recipe) -> dict:
+def report_labels(raw, recipe, sources: dict | None = None) -> dict:
     """Label distribution per split (printed), labels that look wrong (warned), data.labels (enforced)."""
-    dist, found = check_labels(raw, recipe)
+    dist, found = check_labels(raw, recipe, sources)
     if env.is_main() and dist:
         print("labels: " + "\n        ".join(format_distribution(dist)))
         for problem in found:

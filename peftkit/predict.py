@@ -135,6 +135,15 @@ def encode_split(loaded: Loaded, recipe):
     return encoded
 
 
+def one_file(d: dict, split: str) -> None:
+    """A run on per-split files (data.train_file, ...): every role reads the file of `split`."""
+    from peftkit.data.layout import FILE_KEYS, kind_of_split, role_of_kind
+
+    key = FILE_KEYS[role_of_kind(kind_of_split(split) or "test")]
+    if d.get("train_file") and d.get(key):
+        d.update({k: d[key] for k in FILE_KEYS.values()})
+
+
 def eval_recipe(recipe, data=None, split=None, max_samples=None, overrides=()):
     """The run's recipe pointed at one split; read as the run read its data (columns, max_length)."""
     from peftkit.recipe import build_recipe
@@ -142,8 +151,10 @@ def eval_recipe(recipe, data=None, split=None, max_samples=None, overrides=()):
     raw = recipe.to_dict()
     d = raw["data"]
     if data is not None:
-        d.update(name=data, data_dir=None, config=None, max_test_samples=None)
+        d.update(name=data, data_dir=None, config=None, max_test_samples=None,
+                 train_file=None, validation_file=None, test_file=None)
     split = split or d["test_split"] or d["eval_split"]
+    one_file(d, split)
     # every role reads the one split, so a data set with only that split (or one file) works
     d.update(train_split=split, eval_split=split, test_split=split, max_train_samples=None,
              max_eval_samples=None)

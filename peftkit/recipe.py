@@ -55,6 +55,15 @@ class DataSection:
     name: str = opt("demo-ner", "built-in set, folder/file, or hub dataset id")
     data_dir: str | None = opt(None, "where named sets live (else $PEFTKIT_DATA_DIR)")
     config: str | None = opt(None, "hub dataset configuration")
+    train_file: str | None = opt(None, "the training split's file (any name; CoNLL, JSONL, CSV/TSV, "
+                                 "Parquet, Arrow or a save_to_disk folder); with it data.name is unused")
+    validation_file: str | None = opt(None, "the evaluation split's file (none: cut from the training "
+                                      "data, data.validation_size)")
+    test_file: str | None = opt(None, "the test split's file (none: the data's test split, else the "
+                                "evaluation split)")
+    validation_size: float = opt(0.1, "where the data has no evaluation split: the share (< 1) or "
+                                 "number (>= 1) of training examples held out as one, seeded by "
+                                 "train.seed", gt=0)
     train_split: str = opt("train", "split to train on")
     eval_split: str = opt("validation", "split evaluated during training")
     test_split: str | None = opt("test", "split of the final metrics (null: use eval_split)")
@@ -72,6 +81,9 @@ class DataSection:
                                    "other label in the data is an error naming its file and line")
     prompt_column: str = opt("mr", "causal-lm: the input the model is given")
     target_column: str = opt("ref", "causal-lm: the text the model should produce")
+    template: str = opt("tokenizer", "causal-lm: how a prompt is written out: the tokenizer's chat "
+                        "template (plain where it has none), plain text, or the Alpaca layout",
+                        choices=["tokenizer", "plain", "alpaca"])
 
 
 @dataclass

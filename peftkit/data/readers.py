@@ -2,23 +2,78 @@
 
 token-classification: tokens, tags (strings, IOB2)
 sequence-classification: text, [text_pair], label
-causal-lm: prompt, target
+causal-lm: prompt, target, [messages]   (pairs, OpenAI messages, ShareGPT, Alpaca: data/chat.py)
+
+    data_source ─▶ which file is which split (data/layout.py, data.*_file) ─▶ read each file
+    (data/files.py) ─▶ standardize ─▶ a missing validation split held out of train
+    (data/splits.py), a missing test split = the validation split ─▶ max_*_samples
+
+`read_data` also returns a DataReport: which file became which split and why, for
+`peftkit inspect-data`, `validate` and the run's result.json.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from peftkit.data.checks import (check_rows, check_table_shape, check_unseen_labels, read_jsonl,
-                                 utf8_problem)
-from peftkit.data.registry import data_source, split_file
+from peftkit.data.chat import (SHAPE_NAMES, alpaca_rows, causal_shape, chat_rows,  # noqa: F401
+                               sharegpt_rows)
+from peftkit.data.checks import check_rows, check_unseen_labels
+from peftkit.data.files import read_disk, read_file  # noqa: F401 (read_file: tests, predict)
+from peftkit.data.layout import FILE_KEYS, find_split_file, is_disk_folder, kind_of_split
+from peftkit.data.registry import data_source
+from peftkit.data.splits import hold_out
 from peftkit.errors import DataError, UsageError
 
-TABLE_FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "csv"}
+
+@dataclass
+class DataReport:
+    """Where each role's examples came from: `where` (file, or location:split, for messages that
+    name a line), `how` (why that file), the file's own columns, and for causal LM the shape."""
+
+    source: str
+    where: dict = field(default_factory=dict)
+    how: dict = field(default_factory=dict)
+    columns: dict = field(default_factory=dict)
+    shape: dict = field(default_factory=dict)
+    examples: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        """result.json's `data`: enough to tell later which examples a run saw."""
+        return {"source": self.source,
+                "splits": {role: {"from": self.where[role], "how": self.how[role],
+                                  "examples": self.examples.get(role)} for role in self.where}}
+
+    def same_as(self, role: str, other: str, how: str) -> None:
+        """`role` is made from `other`'s examples (held out of it, or the same split)."""
+        self.where[role], self.how[role] = self.where[other], how
+        self.columns[role] = self.columns.get(other, [])
+        if other in self.shape:
+            self.shape[role] = self.shape[other]
+
+    def guessed(self) -> bool:
+        """Anything beyond standard file or split names: worth printing at the start of a run."""
+        return any(not (how == "standard name" or how.startswith("split '") and "(for" not in how)
+                   for how in self.how.values())
+
+    def lines(self) -> list[str]:
+        out = [f"data: {self.source}"]
+        for role in self.where:
+            shape = f", {self.shape[role]}" if role in self.shape else ""
+            out.append(f"{role}: {self.where[role]} ({self.how[role]}{shape}); "
+                       f"{self.examples.get(role, 0):,} examples; columns "
+                       f"{', '.join(self.columns.get(role, [])) or '-'}")
+        return out
 
 
 def load_raw(recipe, task):
     """All splits the recipe uses, standardized for the task, limited by max_*_samples."""
+    return read_data(recipe, task)[0]
+
+
+def read_data(recipe, task):
+    """(DatasetDict train / eval / test, DataReport)."""
     from datasets import DatasetDict
 
     try:
@@ -26,31 +81,121 @@ def load_raw(recipe, task):
     except LookupError as exc:
         raise UsageError(f"data.name: {exc}") from None
     splits = needed_splits(recipe)
-    if source.kind == "builtin":
-        raw = builtin_dataset(source.location)
-    elif source.kind == "local":
-        raw = read_local(Path(source.location), splits)
-    else:
-        raw = read_hub(source.location, recipe)
-    raw = DatasetDict({s: standardize(raw[s], task, recipe, split_source(source, s))
-                       for s in splits.values() if s in raw})
-    for role, split in splits.items():
-        if split not in raw:
-            raise DataError(f"data: no {split!r} split in {source.location} (needed as {role}); "
-                            f"splits found: {', '.join(raw) or 'none'}")
-        if len(raw[split]) == 0:
-            raise DataError(f"data: the {split!r} split ({split_source(source, split)}) has no "
-                            f"examples; fill it or point data.{role}_split at another split")
+    found, report = read_roles(recipe, source, splits)
+    done = {}  # the same file read for two roles (test_split: null) is standardized once
+    raw = {}
+    for role, ds in found.items():
+        if id(ds) not in done:
+            done[id(ds)] = standardize(ds, task, recipe, report.where[role])
+        raw[role] = done[id(ds)]
+        if task.name == "causal-lm":
+            report.shape[role] = SHAPE_NAMES[causal_shape(ds.column_names, recipe.data)]
+    check_present(raw, splits, source, report)
+    fill_missing(raw, recipe, report)
     limits = {"train": recipe.data.max_train_samples, "eval": recipe.data.max_eval_samples,
               "test": recipe.data.max_test_samples}
     out = DatasetDict()
-    for role, split in splits.items():
-        ds = raw[split]
+    for role in splits:
+        ds = raw[role]
         if limits[role] and limits[role] < len(ds):
             ds = ds.select(range(limits[role]))
         out[role] = ds
-    check_unseen_labels(out, task.name, {r: split_source(source, s) for r, s in splits.items()})
-    return out
+        report.examples[role] = len(ds)
+    check_unseen_labels(out, task.name, report.where)
+    return out, report
+
+
+def check_present(raw: dict, splits: dict, source, report: DataReport) -> None:
+    if "train" not in raw:
+        raise DataError(f"data: no {splits['train']!r} split in {source.location} (needed as train); "
+                        f"splits found: {', '.join(report.where) or 'none'}")
+    for role in raw:
+        if len(raw[role]) == 0:
+            raise DataError(f"data: the {splits[role]!r} split ({report.where[role]}) has no "
+                            f"examples; fill it or point data.{role}_split at another split")
+
+
+def fill_missing(raw: dict, recipe, report: DataReport) -> None:
+    """No validation split: hold one out of train (seeded). No test split: score the validation one."""
+    d = recipe.data
+    if "eval" not in raw:
+        n = len(raw["train"])
+        raw["train"], raw["eval"], back = hold_out(raw["train"], d.validation_size,
+                                                   recipe.train.seed, report.where["train"])
+        moved = f"; {back} put back in train: their labels occur nowhere else" if back else ""
+        report.same_as("eval", "train", f"held out of train: {len(raw['eval']):,} of {n:,} "
+                       f"examples, data.validation_size={d.validation_size:g}, seed "
+                       f"{recipe.train.seed}{moved}")
+        report.how["train"] += f"; {len(raw['eval']):,} examples held out for validation"
+    if "test" not in raw:
+        raw["test"] = raw["eval"]
+        report.same_as("test", "eval", "no test split: the validation split is scored at the end")
+
+
+def read_roles(recipe, source, splits: dict):
+    """(role -> Dataset with the file's own columns, DataReport)."""
+    report = DataReport(source=f"{source.kind} {source.location}")
+    found = {}
+    if source.kind in ("builtin", "hub"):
+        raw = builtin_dataset(source.location) if source.kind == "builtin" else read_hub(source.location, recipe)
+        found = dict_roles(raw, splits, source.location, report)
+    elif source.kind == "local" and is_disk_folder(Path(source.location)):
+        loaded = read_disk(Path(source.location))
+        if hasattr(loaded, "keys"):
+            found = dict_roles(loaded, splits, source.location, report)
+        else:  # one Dataset: like a single file
+            for role in (r for r, split in splits.items() if split == splits["train"]):
+                found[role] = loaded
+                report.where[role], report.how[role] = source.location, "save_to_disk folder, one split"
+    plan = file_plan(recipe, source, splits) if source.kind in ("local", "files") else {}
+    plan.update(key_plan(recipe))  # data.train_file / validation_file / test_file win
+    cache = {}
+    for role, (path, why) in plan.items():
+        if path not in cache:
+            cache[path] = read_file(path)
+        found[role] = cache[path]
+        report.where[role], report.how[role] = str(path), why
+    for role, ds in found.items():
+        report.columns[role] = list(ds.column_names)
+    order = [r for r in splits if r in report.where]  # train, eval, test
+    report.where = {r: report.where[r] for r in order}
+    return found, report
+
+
+def key_plan(recipe) -> dict:
+    """role -> (path, why) from data.train_file / validation_file / test_file."""
+    return {role: (recipe.resolve_path(getattr(recipe.data, key)), f"data.{key}")
+            for role, key in FILE_KEYS.items() if getattr(recipe.data, key)}
+
+
+def file_plan(recipe, source, splits: dict) -> dict:
+    """role -> (path, why) for a local file or folder (a save_to_disk folder is read whole)."""
+    location = Path(source.location)
+    if source.kind == "files" or is_disk_folder(location):
+        return {}
+    if location.is_file():  # one file: the training split (validation is held out of it), and
+        # every role that reads the same split name (`peftkit eval --data file`: all of them)
+        return {role: (location, "data.name, a single file") for role, split in splits.items()
+                if split == splits["train"]}
+    plan = {}
+    for role, split in splits.items():
+        found = find_split_file(location, split)
+        if found is not None:
+            plan[role] = found
+    return plan
+
+
+def dict_roles(raw, splits: dict, location: str, report: DataReport) -> dict:
+    """role -> split of a DatasetDict (builtin, hub, save_to_disk); `dev` stands in for validation."""
+    found = {}
+    for role, split in splits.items():
+        name = split if split in raw else next(
+            (s for s in raw if kind_of_split(split) and kind_of_split(s) == kind_of_split(split)), None)
+        if name is not None:
+            found[role] = raw[name]
+            report.where[role] = f"{location}:{name}"
+            report.how[role] = f"split {name!r}" + (f" (for {split!r})" if name != split else "")
+    return found
 
 
 def role_sources(recipe) -> dict[str, str]:
@@ -59,31 +204,29 @@ def role_sources(recipe) -> dict[str, str]:
         source = data_source(recipe)
     except LookupError:
         return {}
-    return {role: split_source(source, split) for role, split in needed_splits(recipe).items()}
+    splits = needed_splits(recipe)
+    try:
+        plan = file_plan(recipe, source, splits) if source.kind in ("local", "files") else {}
+    except DataError:
+        plan = {}
+    plan.update(key_plan(recipe))
+    out = {role: str(plan[role][0]) if role in plan else f"{source.location}:{split}"
+           for role, split in splits.items()}
+    if "eval" not in plan and "train" in plan and source.kind != "builtin":
+        out["eval"] = out["train"]  # held out of the training file
+    if "test" not in plan and "eval" in plan:
+        out["test"] = out["eval"]
+    return out
 
 
-def check_labels(raw, recipe) -> tuple[dict, list[str]]:
+def check_labels(raw, recipe, sources: dict | None = None) -> tuple[dict, list[str]]:
     """(label distribution per split, warnings) of a recipe's read data; a label outside
     data.labels raises DataError with its file and line (peftkit/data/labels.py)."""
     from peftkit.data import labels
 
     dist = labels.counts(raw, recipe.task, recipe.data.label_names)
-    labels.check_declared(dist, recipe.data.labels, recipe.task, role_sources(recipe))
+    labels.check_declared(dist, recipe.data.labels, recipe.task, sources or role_sources(recipe))
     return dist, labels.problems(dist)
-
-
-def describe_data(recipe) -> list[str]:
-    """`peftkit validate`: read the data as `run` would and describe its labels (no model)."""
-    from peftkit.data.labels import format_distribution
-    from peftkit.tasks import get_task
-
-    task = get_task(recipe.task)
-    raw = load_raw(recipe, task)
-    dist, found = check_labels(raw, recipe)
-    task.label_names(raw, recipe)  # the checks `run` makes next (unseen eval/test labels)
-    sizes = ", ".join(f"{split} {len(raw[split]):,}" for split in raw)
-    return [f"examples: {sizes}", *(f"labels {line}" for line in format_distribution(dist)),
-            *(f"warning: {w}" for w in found)]
 
 
 def builtin_dataset(name: str):
@@ -110,50 +253,6 @@ def needed_splits(recipe) -> dict[str, str]:
             "test": recipe.data.test_split or recipe.data.eval_split}
 
 
-def read_local(path: Path, splits: dict[str, str]):
-    from datasets import DatasetDict
-
-    if path.is_file():  # one file: it is the training split only
-        return DatasetDict({splits["train"]: read_file(path)})
-    out = DatasetDict()
-    for split in dict.fromkeys(splits.values()):
-        found = split_file(path, split)
-        if found is not None:
-            out[split] = read_file(found)
-    return out
-
-
-def read_file(path: Path):
-    from datasets import Dataset
-
-    suffix = path.suffix.lower()
-    if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty; it needs at least one example")
-    if suffix not in TABLE_FORMATS:
-        from peftkit.data.conll import read_conll
-
-        return Dataset.from_dict(read_conll(path))
-    kwargs = {"delimiter": "\t", "quoting": 3} if suffix == ".tsv" else {}
-    if suffix in (".csv", ".tsv"):
-        check_table_shape(path, kwargs.get("delimiter", ","), kwargs.get("quoting", 0))
-    try:
-        return Dataset.from_pandas(read_table(path, suffix, kwargs), preserve_index=False)
-    except UnicodeDecodeError:
-        raise DataError(utf8_problem(path)) from None
-    except (ValueError, TypeError) as exc:  # pandas parse errors; pyarrow: a column mixing types
-        raise DataError(f"{path}: cannot be read as {suffix[1:]}: {str(exc).splitlines()[0][:300]}") from None
-
-
-def read_table(path: Path, suffix: str, kwargs: dict):
-    import pandas as pd
-
-    if suffix == ".parquet":
-        return pd.read_parquet(path)
-    if suffix in (".json", ".jsonl"):
-        return read_jsonl(path) if suffix == ".jsonl" else pd.read_json(path)
-    return pd.read_csv(path, keep_default_na=False, encoding="utf-8-sig", **kwargs)
-
-
 def read_hub(name: str, recipe):
     from datasets import load_dataset
 
@@ -168,8 +267,8 @@ def read_hub(name: str, recipe):
 def standardize(ds, task, recipe, where: str):
     """Rename the recipe's columns to the task's standard ones; ids of class labels to names."""
     d = recipe.data
-    if task.name == "causal-lm" and "messages" in ds.column_names and d.prompt_column not in ds.column_names:
-        return chat_rows(ds, where)
+    if task.name == "causal-lm" and causal_shape(ds.column_names, d) != "pairs":
+        return causal_rows(ds, causal_shape(ds.column_names, d), where)
     mapping = {"token-classification": {d.tokens_column: "tokens", d.tags_column: "tags"},
                "sequence-classification": {d.text_column: "text", d.label_column: "label",
                                            **({d.text_pair_column: "text_pair"} if d.text_pair_column else {})},
@@ -177,8 +276,10 @@ def standardize(ds, task, recipe, where: str):
     present = set(ds.column_names)
     for src, dst in mapping.items():
         if src not in present and dst not in present:
+            shapes = ("; or give chat rows: messages (OpenAI), conversations (ShareGPT) or "
+                      "instruction / input / output (Alpaca)") if task.name == "causal-lm" else ""
             raise DataError(f"{where}: column {src!r} missing (columns: {', '.join(ds.column_names)}); "
-                            f"set data.{column_key(recipe, src)} to the right column")
+                            f"set data.{column_key(recipe, src)} to the right column{shapes}")
     ds = ds.rename_columns({s: t for s, t in mapping.items() if s in present and s != t})
     ds = ds.remove_columns([c for c in ds.column_names if c not in mapping.values()])
     if task.name == "token-classification":
@@ -187,28 +288,11 @@ def standardize(ds, task, recipe, where: str):
     return ds
 
 
-def chat_rows(ds, where: str):
-    """Chat data: the last message (the assistant's) is the target, the turns before it the context.
-
-    Columns after: messages (the context turns), prompt (its last user text, for display), target.
-    """
-    def split_turns(batch, indices):
-        out = {"messages": [], "prompt": [], "target": []}
-        for i, turns in zip(indices, batch["messages"]):
-            if not turns or not isinstance(turns, list) or turns[-1].get("role") != "assistant" \
-                    or len(turns) < 2:
-                raise DataError(f"{where}: row {i + 1}: `messages` must be a list of "
-                                "{role, content} turns ending with an assistant turn after at least "
-                                "one user turn")
-            context = [{"role": str(t["role"]), "content": str(t["content"])} for t in turns[:-1]]
-            out["messages"].append(context)
-            out["prompt"].append(next((t["content"] for t in reversed(context) if t["role"] == "user"),
-                                      context[-1]["content"]))
-            out["target"].append(str(turns[-1]["content"]))
-        return out
-
-    return ds.map(split_turns, batched=True, with_indices=True, remove_columns=ds.column_names,
-                  desc="splitting chat turns")
+def causal_rows(ds, shape: str, where: str):
+    """Chat-shaped causal-LM rows into prompt / target (data/chat.py), then the same row checks."""
+    rows = {"messages": chat_rows, "sharegpt": sharegpt_rows, "alpaca": alpaca_rows}[shape](ds, where)
+    check_rows(rows, "causal-lm", where, {})
+    return rows
 
 
 def column_key(recipe, column: str) -> str:
@@ -228,13 +312,3 @@ def tags_as_names(ds):
     return ds
 
 
-def split_source(source, split: str) -> str:
-    """The file a split was read from (for messages), else `location:split`."""
-    folder = Path(source.location)
-    if source.kind == "local" and folder.is_dir():
-        found = split_file(folder, split)
-        if found is not None:
-            return str(found)
-    if source.kind == "local" and folder.is_file():
-        return str(folder)
-    return f"{source.location}:{split}"

@@ -1,6 +1,7 @@
 """Causal-LM generation: prompt -> completion (data-to-text, instructions, chat).
 
-    prompt / chat messages ──chat template (when the tokenizer has one)──▶ prompt ids │ completion ids
+    prompt / chat messages ──data.template: the tokenizer's chat template (plain text where it has
+                             none), plain or alpaca──▶ prompt ids │ completion ids
     labels:                                                                 -100 ... │ completion ids
     evaluation: loss -> perplexity; greedy/beam generation from the prompt ids (left-padded
     batches) -> exact match, BLEU, ROUGE-L against every reference of the same prompt
@@ -16,6 +17,7 @@ import math
 from pathlib import Path
 
 from peftkit.tasks.base import IGNORE, Task
+from peftkit.tasks.templates import PROMPTS, plain_prompt
 
 
 
@@ -34,7 +36,7 @@ class CausalLM(Task):
         def encode_batch(batch):
             contexts = batch["messages"] if "messages" in batch else \
                 [[{"role": "user", "content": p}] for p in batch["prompt"]]
-            prompts, completions = render_batch(tokenizer, contexts, batch["target"])
+            prompts, completions = render_batch(tokenizer, contexts, batch["target"], template(recipe))
             out = {"input_ids": [], "labels": [], "prompt_length": [], "truncated": []}
             for p, c in zip(prompts, completions):
                 p, c, cut = fit(p, c, max_length)
@@ -44,8 +46,13 @@ class CausalLM(Task):
                 out["truncated"].append(cut)
             return out
 
-        drop = [c for c in raw["train"].column_names if c not in self.columns]
-        encoded = raw.map(encode_batch, batched=True, remove_columns=drop, desc="tokenizing")
+        from datasets import DatasetDict
+
+        # per split: chat data keeps `messages` only where a split has multi-turn contexts
+        encoded = DatasetDict({split: ds.map(encode_batch, batched=True, desc="tokenizing",
+                                             remove_columns=[c for c in ds.column_names
+                                                             if c not in self.columns])
+                               for split, ds in raw.items()})
         stats = {f"truncated_{split}": int(sum(encoded[split]["truncated"])) for split in encoded}
         return encoded.remove_columns("truncated"), stats
 
@@ -91,7 +98,7 @@ class CausalLM(Task):
 
     def predict(self, model, tokenizer, texts, labels, recipe):
         contexts = [[{"role": "user", "content": t}] for t in texts]
-        prompts, _ = render_batch(tokenizer, contexts, [""] * len(texts))
+        prompts, _ = render_batch(tokenizer, contexts, [""] * len(texts), template(recipe))
         prompts = [fit(p, [], recipe.data.max_length)[0] for p in prompts]
         generated = generate(model, tokenizer, prompts, recipe)
         return [{"prompt": t, "generated": g} for t, g in zip(texts, generated)]
@@ -99,9 +106,15 @@ class CausalLM(Task):
 
 # ---------------------------------------------------------------- encoding
 
-def render_batch(tokenizer, contexts: list[list[dict]], targets: list[str]):
-    """(prompt ids, completion ids) per example; the chat template is used when there is one."""
-    if tokenizer.chat_template:
+def template(recipe) -> str:
+    """data.template (recipes saved before it existed render as `tokenizer`)."""
+    return getattr(recipe.data, "template", "tokenizer")
+
+
+def render_batch(tokenizer, contexts: list[list[dict]], targets: list[str], layout: str = "tokenizer"):
+    """(prompt ids, completion ids) per example: the tokenizer's chat template where data.template
+    is `tokenizer` and the tokenizer has one, else a text layout (tasks/templates.py)."""
+    if layout == "tokenizer" and tokenizer.chat_template:
         prompt_texts, completion_texts = [], []
         for context, target in zip(contexts, targets):
             p, c = chat_texts(tokenizer, context, target)
@@ -109,8 +122,8 @@ def render_batch(tokenizer, contexts: list[list[dict]], targets: list[str]):
             completion_texts.append(c)
         return (tokenizer(prompt_texts, add_special_tokens=False)["input_ids"],
                 tokenizer(completion_texts, add_special_tokens=False)["input_ids"])
-    # no template: the prompt's turns joined by blank lines, a newline, then the completion + EOS
-    prompt_texts = ["\n\n".join(m["content"] for m in context) + "\n" for context in contexts]
+    # a text layout: the prompt, then the completion + EOS (it learns to stop)
+    prompt_texts = [PROMPTS.get(layout, plain_prompt)(context) for context in contexts]
     completions = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return tokenizer(prompt_texts)["input_ids"], [c + eos if t else c for c, t in zip(completions, targets)]
