@@ -29,7 +29,7 @@ class FolderLock:
         self.path, self.what, self.fd = Path(path), what, None
 
     def acquire(self) -> "FolderLock":
-        if fcntl is None:
+        if fcntl is None or self.fd is not None:  # `with lock_folder(...)`: acquired already
             return self
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
