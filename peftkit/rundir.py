@@ -9,6 +9,9 @@ writes that are never half-done. Every other module asks here.
       result.json     final metrics, parameter counts, speed, memory, versions
       lr_search.json  learning_rate: auto's choice, reused by --resume (peftkit/lr_search.py)
       checkpoints/    Trainer checkpoints (resume)
+      .peftkit-run    marker: written at run start, the folder is peftkit's to delete
+      .peftkit-lock   held by the process writing the folder
+      adapter/SHA256SUMS  SHA-256 of each weight file (peftkit.weight_files)
 
 A run folder is in one of these states; the rule for each needs no prompt (`prepare`):
 
