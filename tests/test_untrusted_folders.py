@@ -159,7 +159,9 @@ def test_weight_files_are_0644_and_listed_with_their_sha256(trained):
     from peftkit.weight_files import file_mode, sha256
 
     weights = trained / "adapter" / "adapter_model.safetensors"
-    assert stat.S_IMODE(weights.stat().st_mode) == file_mode()  # 0644 under the usual umask 022
+    everywhere = [p for p in trained.rglob("*.safetensors")]  # the checkpoints' too
+    assert len(everywhere) >= 2
+    assert {stat.S_IMODE(p.stat().st_mode) for p in everywhere} == {file_mode()}  # 0644, umask 022
     listed = (trained / "adapter" / "SHA256SUMS").read_text()
     assert f"{sha256(weights)}  adapter_model.safetensors\n" in listed
 
