@@ -55,8 +55,8 @@ def describe(folders: list[Path]) -> str:
 def announce(folders: list[Path], trust: bool) -> None:
     """Say what code a load may run (trusted) or which code it leaves alone (not trusted)."""
     what = describe(folders)
-    if not what:
-        return
+    if not what or not (trust or any(auto_maps(f) for f in folders)):
+        return  # untrusted *.py that no config names are never imported: nothing to say
     if trust:
         click.secho(f"warning: {FLAG}: the model code in these folders may run: {what}",
                     fg="yellow", err=True)
