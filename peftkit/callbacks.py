@@ -176,6 +176,7 @@ class CheckpointExtras(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             save_extras(folder, self.strategy, model)
+            readable_weights(folder)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.last_saved = state.global_step
@@ -185,6 +186,15 @@ class CheckpointExtras(TrainerCallback):
     def set_aside_once(self, model) -> None:
         if self.set_aside is None:
             self.set_aside = self.strategy.set_aside_for_checkpoint(model)
+
+
+def readable_weights(folder: Path) -> None:
+    """safetensors writes the checkpoint's weights 0600; make them 0644 like its other files."""
+    from peftkit.weight_files import file_mode, weight_files
+
+    mode = file_mode()
+    for path in weight_files(folder):
+        os.chmod(path, mode)
 
 
 def save_extras(folder: Path, strategy, model) -> None:

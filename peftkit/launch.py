@@ -86,7 +86,8 @@ def launch_run(nproc: int, parsed, recipe: str, overrides, out, overwrite: bool,
     # The folder rules here first: a refusal (finished run, foreign folder) reads as one line, not
     # through the launcher's report. They are idempotent: the main process applies them again.
     run_dir = Path(out or rundir.default_run_dir(parsed))
-    rundir.prepare(run_dir, overwrite, resume)
+    with rundir.claim(run_dir):  # released before the launch: the main child takes it for the run
+        rundir.prepare(run_dir, overwrite, resume)
     args = ["run", str(recipe), *overrides, *(["--out", str(out)] if out else []),
             *(["--overwrite"] if overwrite else []), *(["--resume"] if resume else [])]
     code = launch(nproc, args)

@@ -28,7 +28,8 @@ def load_model(source: ModelSource, recipe, task, labels: list[str] | None, path
     import transformers
 
     auto = getattr(transformers, task.auto_class)
-    kwargs = hub_kwargs(source, recipe) if path is None else {}
+    kwargs = hub_kwargs(source, recipe) if path is None else \
+        {"trust_remote_code": recipe.model.trust_remote_code}  # said, never left to a prompt
     if labels is not None:
         kwargs.update(num_labels=len(labels), id2label=dict(enumerate(labels)),
                       label2id={name: i for i, name in enumerate(labels)})

@@ -24,7 +24,7 @@ from peftkit.export.adapter import describe_run_weights
 from peftkit.models import init_head_bias, load_model, load_tokenizer, source_of
 from peftkit.models_registry import model_source
 from peftkit.quantization import memory_footprint
-from peftkit.resume import checkpoint_to_resume
+from peftkit.resume import check_same_recipe, checkpoint_to_resume
 from peftkit.strategies.base import ApplyContext, count_parameters
 from peftkit.tasks import get_task
 from peftkit.train import (TokenCounter, build_trainer, early_stopping_record, resolve_precision,
@@ -37,10 +37,24 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
     run_dir = Path(run_dir or rundir.default_run_dir(recipe))
     recipe = absolute_paths(recipe)
     distributed.init()  # under torchrun / accelerate launch only the main process edits the folder
-    state, checkpoint = distributed.main_first(
-        lambda: prepare_folder(run_dir, recipe, overwrite, resume))
-    if state == "finished":  # --resume of a run that already finished: nothing to train
-        return distributed.main_first(lambda: rundir.finished_result(run_dir))
+    held = []  # the main process's lock on the folder, for the whole run (one writer at a time)
+
+    def claim_and_prepare():
+        held.append(rundir.claim(run_dir))
+        return prepare_folder(run_dir, recipe, overwrite, resume)
+
+    try:
+        state, checkpoint = distributed.main_first(claim_and_prepare)
+        if state == "finished":  # --resume of a run that already finished: nothing to train
+            return distributed.main_first(lambda: rundir.finished_result(run_dir))
+        return train_in(run_dir, recipe, checkpoint)
+    finally:
+        for lock in held:
+            lock.release()
+
+
+def train_in(run_dir: Path, recipe, checkpoint: str | None) -> dict:
+    """Phases 2-4 in a prepared (and locked) folder."""
     threads = env.set_threads(recipe)
     output.route_libraries(run_dir / rundir.LOG if env.is_main() else None)
     parts = build(recipe)
@@ -232,6 +246,8 @@ def lr_fix(result: dict) -> str:
 def prepare_folder(run_dir: Path, recipe, overwrite: bool, resume: bool) -> tuple[str, str | None]:
     """The existing-folder rules (peftkit/rundir.py), then the checkpoint to resume from, if any."""
     state = rundir.prepare(run_dir, overwrite, resume)
+    if state == "finished":  # --resume: the saved result stands only for the same recipe
+        check_same_recipe(run_dir, recipe)
     return state, checkpoint_to_resume(run_dir, recipe) if state == "resume" else None
 
 

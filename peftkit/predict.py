@@ -28,11 +28,12 @@ class Loaded:
     kind: str            # run | adapter | merged
 
 
-def read_folder(path) -> tuple[str, object]:
-    """(kind, recipe) of a run / export / merged folder, read without loading a model."""
+def read_folder(path, trust_remote_code: bool = False) -> tuple[str, object]:
+    """(kind, recipe) of a run / export / merged folder, read without loading a model. The
+    recipe's trust_remote_code is `trust_remote_code` (the command's flag), never the folder's."""
     from peftkit import rundir
     from peftkit.export.folder import read_meta
-    from peftkit.recipe import build_recipe, read_yaml
+    from peftkit.recipe import read_yaml
 
     path = Path(path)
     if not path.is_dir():
@@ -40,47 +41,55 @@ def read_folder(path) -> tuple[str, object]:
                          "model folder (peftkit merge)")
     meta = read_meta(path)
     if (path / rundir.RECIPE).is_file():
-        recipe = build_recipe(read_yaml(str(path / rundir.RECIPE)), source=None, check_paths=False)
+        recipe = rundir.read_run_recipe(path, trust_remote_code)
         return ("adapter" if meta else "run"), recipe
     if meta and meta.get("kind") == "merged":
         raw = copy.deepcopy(meta["recipe"])  # the model is now this folder, in full precision
         raw["model"].update(name=str(path.resolve()), gguf_file=None, revision=None,
                             quantization="none")
-        return "merged", build_recipe(raw, source=None, check_paths=False)
+        return "merged", rundir.folder_recipe(raw, path.resolve(), trust_remote_code)
     hint = (" It looks like a Hugging Face model folder, but without peftkit.json nothing says its "
             "task; load it with transformers directly." if (path / "config.json").is_file() else "")
     raise UsageError(f"{path} is neither a peftkit run folder (recipe.yaml) nor a merged model folder "
                      f"(peftkit.json).{hint}")
 
 
-def load_for_inference(path, folder: tuple[str, object] | None = None) -> Loaded:
+def load_for_inference(path, folder: tuple[str, object] | None = None,
+                       trust_remote_code: bool = False) -> Loaded:
     """`folder`: what read_folder(path) said, when the caller has asked it already."""
     from peftkit import rundir
 
-    kind, recipe = folder or read_folder(path)
+    kind, recipe = folder or read_folder(path, trust_remote_code)
     if kind != "merged":
-        model, tokenizer, recipe, labels, task = rundir.load_run(path, recipe=recipe)
+        model, tokenizer, recipe, labels, task = rundir.load_run(
+            path, recipe=recipe, trust_remote_code=trust_remote_code)
         return Loaded(model, tokenizer, recipe, labels, task, kind)
-    return load_merged(Path(path), recipe)
+    return load_merged(Path(path), recipe, trust_remote_code)
 
 
-def load_merged(path: Path, recipe) -> Loaded:
+def load_merged(path: Path, recipe, trust_remote_code: bool = False) -> Loaded:
     """A merged folder loads with plain transformers; peftkit.json supplies the task and recipe."""
     import transformers
 
+    from peftkit import remote_code
     from peftkit.export.folder import read_meta
-    from peftkit.rundir import load_tokenizer_from
+    from peftkit.rundir import checked_weights, load_tokenizer_from
     from peftkit.tasks import get_task
 
     task = get_task(recipe.task)
-    model = getattr(transformers, task.auto_class).from_pretrained(str(path))
+    checked_weights(path)
+    remote_code.announce([path], trust_remote_code)
+    with remote_code.refusing_code([path]):
+        model = getattr(transformers, task.auto_class).from_pretrained(
+            str(path), trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer_from(path, trust_remote_code)
     model.eval()
     labels = read_meta(path).get("labels")
-    return Loaded(model, load_tokenizer_from(path), recipe, labels, task, "merged")
+    return Loaded(model, tokenizer, recipe, labels, task, "merged")
 
 
-def predict_texts(path, texts: list[str]) -> list[dict]:
-    loaded = load_for_inference(path)
+def predict_texts(path, texts: list[str], trust_remote_code: bool = False) -> list[dict]:
+    loaded = load_for_inference(path, trust_remote_code=trust_remote_code)
     return loaded.task.predict(loaded.model, loaded.tokenizer, list(texts), loaded.labels,
                                loaded.recipe)
 
@@ -88,7 +97,8 @@ def predict_texts(path, texts: list[str]) -> list[dict]:
 # ---------------------------------------------------------------- evaluation
 
 def evaluate_folder(path, data: str | None = None, split: str | None = None,
-                    max_samples: int | None = None, overrides: list[str] = ()) -> dict:
+                    max_samples: int | None = None, overrides: list[str] = (),
+                  trust_remote_code: bool = False) -> dict:
     """Metrics of the model in `path` on one split, computed exactly as the run computed its own.
 
     Defaults: the run's data set and test split, with the run's max_test_samples; with another
@@ -98,9 +108,9 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     from peftkit.train import build_trainer, resolve_precision
 
     # the data settings are checked before any model is loaded
-    folder = read_folder(path)  # recipe.yaml (or peftkit.json) is read once
+    folder = read_folder(path, trust_remote_code)  # recipe.yaml (or peftkit.json) is read once
     recipe = eval_recipe(folder[1], data, split, max_samples, overrides)
-    loaded = load_for_inference(path, folder)
+    loaded = load_for_inference(path, folder, trust_remote_code)
     set_threads(recipe)
     encoded = encode_split(loaded, recipe)
     test = encoded["test"]
@@ -160,4 +170,5 @@ def eval_recipe(recipe, data=None, split=None, max_samples=None, overrides=()):
              max_eval_samples=None)
     if max_samples is not None:
         d["max_test_samples"] = max_samples
-    return build_recipe(raw, list(overrides), source=None)
+    # the run's own data resolves against its folder; --data is the user's, against the cwd
+    return build_recipe(raw, list(overrides), source=recipe.source if data is None else None)

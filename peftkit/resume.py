@@ -74,6 +74,6 @@ def check_same_recipe(run_dir: Path, recipe) -> None:
                if old.get(k) != new.get(k) and not k.startswith(CHANGEABLE)]
     if changed:
         lines = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed[:8])
-        raise UsageError(f"cannot resume {run_dir}: the recipe differs from the interrupted run's "
-                         f"({lines}). Resume with the same recipe, or pass --overwrite to start "
-                         "again")
+        raise UsageError(f"cannot resume {run_dir}: the recipe differs from the one the run was "
+                         f"started with ({lines}). Resume with the same recipe, or pass "
+                         "--overwrite to start again")

@@ -9,6 +9,9 @@ writes that are never half-done. Every other module asks here.
       result.json     final metrics, parameter counts, speed, memory, versions
       lr_search.json  learning_rate: auto's choice, reused by --resume (peftkit/lr_search.py)
       checkpoints/    Trainer checkpoints (resume)
+      .peftkit-run    marker: written at run start, the folder is peftkit's to delete
+      .peftkit-lock   held by the process writing the folder
+      adapter/SHA256SUMS  SHA-256 of each weight file (peftkit.weight_files)
 
 A run folder is in one of these states; the rule for each needs no prompt (`prepare`):
 
@@ -22,6 +25,13 @@ A run folder is in one of these states; the rule for each needs no prompt (`prep
     (result.json)                           saved result
     not a run      refuse (never deleted, even with --overwrite)
 
+A folder is peftkit's own only when it holds MARKER (`.peftkit-run`), written by `prepare` when
+the run starts; common names (model/, checkpoints/, labels.json) prove nothing (issue 17: another
+tool's checkpoints/ and a thesis folder with model/ were deleted). A folder written before the
+marker existed is "not a run" here: peftkit still reads it (predict, eval, merge, export) but never
+deletes or cleans it; delete it by hand to reuse the name. While a run writes, it holds LOCK
+(`.peftkit-lock`, peftkit.folder_lock): a second writer is refused, naming the first one's pid.
+
 A checkpoint is complete once the Trainer has written its trainer_state.json (its last file).
 Torch-free at import time.
 """
@@ -34,7 +44,9 @@ import re
 import shutil
 from pathlib import Path
 
+from peftkit import weight_files
 from peftkit.errors import PeftkitError, UsageError
+from peftkit.folder_lock import FolderLock
 
 RESULT, RECIPE, LABELS, METRICS = "result.json", "recipe.yaml", "labels.json", "metrics.jsonl"
 CHECKPOINTS = "checkpoints"
@@ -44,7 +56,11 @@ ADAPTER_DIR, MODEL_DIR = "adapter", "model"  # the weights: a strategy's result,
 WEIGHTS_TMP = (f"{ADAPTER_DIR}.tmp", f"{MODEL_DIR}.tmp")  # weights being written (save_weights)
 BENCH_ERROR, BENCH_VARIANT = "error.json", "variant.json"  # peftkit bench: a failed run, its settings
 RUN_MARKERS = (RESULT, RECIPE, METRICS, CHECKPOINTS, LABELS, ADAPTER_DIR, MODEL_DIR, *WEIGHTS_TMP,
-               BENCH_ERROR, BENCH_VARIANT)
+               BENCH_ERROR, BENCH_VARIANT)  # what a run folder may hold: not proof that it is one
+MARKER = ".peftkit-run"      # written at run start: the only proof a folder is peftkit's (issue 17)
+MARKER_FORMAT = 1
+LOCK = ".peftkit-lock"       # held by the process writing the folder (a run, a bench)
+CHECKSUMS = "SHA256SUMS"     # beside the weights: a SHA-256 line per weight file (weight_files)
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -66,9 +82,7 @@ def prepare(run_dir: Path, overwrite: bool, resume: bool) -> str:
         raise UsageError(f"output folder {run_dir} is a file; set output.dir or --out to a folder")
     state = folder_state(run_dir)
     if state == "foreign":
-        raise UsageError(f"output folder {run_dir} is not empty and is not a peftkit run folder "
-                         f"(no {RECIPE}); choose another output.dir or --out. peftkit never "
-                         "deletes it, not even with --overwrite")
+        raise foreign_folder(run_dir)
     if state == "finished" and not (overwrite or resume):
         raise UsageError(f"{run_dir} already holds a finished run; pass --overwrite to replace it, "
                          "or set output.dir (or --out) to another folder")
@@ -84,20 +98,73 @@ def prepare(run_dir: Path, overwrite: bool, resume: bool) -> str:
         if resume:
             print(f"note: {run_dir} has no checkpoint yet; starting the run from the beginning")
         remove_stale(run_dir)
-    make_dir(run_dir)
+    make_run_dir(run_dir)
     return "resume" if resume and state == "interrupted" else "new"
 
 
 def folder_state(run_dir: Path) -> str:
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+    if not contents(run_dir):
         return "missing"
+    if not is_ours(run_dir):
+        return "foreign"
     if (run_dir / RESULT).is_file():
         return "finished"
     if complete_checkpoints(run_dir):
         return "interrupted"
-    if any((run_dir / m).exists() for m in RUN_MARKERS):
-        return "started"
-    return "foreign"
+    return "started"
+
+
+def contents(folder: Path) -> list[str]:
+    """What a folder holds, besides a lock file (a lock alone leaves a folder empty)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name != LOCK)
+
+
+def is_ours(folder: Path) -> bool:
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(marker, dict) and isinstance(marker.get("format"), int)
+
+
+def foreign_folder(run_dir: Path) -> UsageError:
+    found = contents(run_dir)
+    listed = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+    old = (f" If it is a run folder written by an older peftkit (before {MARKER} marked them), "
+           "peftkit still reads it (predict, eval, merge, export) but will not delete it: remove "
+           "it yourself to reuse the name." if (run_dir / RECIPE).is_file() else "")
+    return UsageError(f"output folder {run_dir} is not empty ({listed}) and is not a peftkit run "
+                      f"folder (no {MARKER}); choose another output.dir or --out. peftkit never "
+                      f"deletes it, not even with --overwrite.{old}")
+
+
+def claim(run_dir: Path) -> FolderLock:
+    """The run folder's lock, held until released; a foreign folder is refused before anything is
+    written into it."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"output folder {run_dir} is a file; set output.dir or --out to a folder")
+    if contents(run_dir) and not is_ours(run_dir):
+        raise foreign_folder(run_dir)
+    make_dir(run_dir)
+    return lock_folder(run_dir, f"run folder {run_dir}")
+
+
+def lock_folder(folder: Path, what: str) -> FolderLock:
+    return FolderLock(Path(folder) / LOCK, what).acquire()
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """The folder, with the marker that makes it peftkit's own (kept if it is there already)."""
+    from peftkit import __version__
+
+    make_dir(run_dir)
+    if not is_ours(run_dir):
+        write_json(run_dir / MARKER, {"format": MARKER_FORMAT, "peftkit": __version__,
+                                      "what": "a peftkit run folder; peftkit may delete it "
+                                              "(--overwrite)"})
 
 
 def remove_stale(run_dir: Path) -> None:
@@ -111,8 +178,17 @@ def remove_stale(run_dir: Path) -> None:
 
 
 def remove(run_dir: Path) -> None:
+    """Empty a folder of ours (the lock stays: its holder is this process)."""
+    if not is_ours(run_dir):  # the rule prepare applies; said again where the deleting happens
+        raise foreign_folder(run_dir)
     try:
-        shutil.rmtree(run_dir)
+        for path in run_dir.iterdir():
+            if path.name == LOCK:
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
     except OSError as exc:
         raise PeftkitError(f"cannot delete {exc.filename or run_dir} for --overwrite: "
                            f"{exc.strerror}") from None
@@ -198,6 +274,7 @@ def save_weights(run_dir: Path, strategy, model, tokenizer, labels, cfg=None, wr
         else:
             strategy.save(model, tmp, cfg)
         tokenizer.save_pretrained(str(tmp))
+        weight_files.seal(tmp, CHECKSUMS)  # 0644 like the rest, and a SHA-256 line a file
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -217,51 +294,112 @@ def weights_dir(run_dir: Path) -> Path:
                      "(or it ran with output.save_model: false)")
 
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
 def weights_size(path: Path) -> int:
     """Bytes of the weight files in a saved folder (not its tokenizer, configs or card)."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and f.suffix in WEIGHT_SUFFIXES)
+    return sum(f.stat().st_size for f in weight_files.weight_files(path))
 
 
-def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe=None):
+def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe=None,
+             trust_remote_code: bool = False):
     """(model, tokenizer, recipe, labels, task) of a finished run, ready for predict or eval.
 
     `quantization` overrides the recipe's (merge reloads an 8-bit run's base in full precision);
-    `recipe`: the run's recipe.yaml when the caller has read it already.
+    `recipe`: the run's recipe.yaml when the caller has read it already (read_run_recipe).
+    `trust_remote_code`: the command's --trust-remote-code; the folder's own recipe never decides
+    it (issue 17: a folder is data, its auto_map code must not run because its recipe says so).
     """
+    from peftkit import remote_code
     from peftkit.models import load_model, source_of
-    from peftkit.recipe import build_recipe, read_yaml
     from peftkit.strategies.base import ApplyContext
     from peftkit.tasks import get_task
 
     run_dir = Path(run_dir)
     if not (run_dir / RECIPE).is_file():
         raise UsageError(f"{run_dir} is not a peftkit run folder (no {RECIPE})")
-    if recipe is None:
-        recipe = build_recipe(read_yaml(str(run_dir / RECIPE)), source=None, check_paths=False)
+    recipe = with_trust(recipe or read_run_recipe(run_dir), trust_remote_code)
     if quantization is not None:
         recipe = recipe.with_quantization(quantization)
     labels = json.loads((run_dir / LABELS).read_text()) if (run_dir / LABELS).exists() else None
     task = get_task(recipe.task)
-    folder = weights_dir(run_dir)
-    tokenizer = load_tokenizer_from(folder)
+    folder = checked_weights(run_dir)
     source = source_of(recipe)
+    code_dirs = [folder] + ([Path(source.path)] if source.kind == "folder" else [])
+    remote_code.announce(code_dirs, trust_remote_code)
 
     def load_base(path: str | None = None):
         return load_model(source, recipe, task, labels, path=path)
 
     ctx = ApplyContext(task=task, head_names=task.head_names, quantized=recipe.model.quantized)
-    model = recipe.strategy_impl.load(load_base, folder, recipe.strategy, ctx)
+    with remote_code.refusing_code(code_dirs):
+        tokenizer = load_tokenizer_from(folder, trust_remote_code)
+        model = recipe.strategy_impl.load(load_base, folder, recipe.strategy, ctx)
     model.eval()
     return model, tokenizer, recipe, labels, task
 
 
-def load_tokenizer_from(folder: Path):
+def checked_weights(run_dir: Path) -> Path:
+    """weights_dir, its files checked against their SHA-256 lines (a folder from before the
+    manifest has none to check)."""
+    folder = weights_dir(Path(run_dir))
+    weight_files.verify(folder, CHECKSUMS)
+    return folder
+
+
+def seal_weights(folder: Path) -> None:
+    """For merged folders (export.merge): the same modes and manifest as a run's weights."""
+    weight_files.seal(folder, CHECKSUMS)
+
+
+def read_run_recipe(run_dir, trust_remote_code: bool = False):
+    """A run or export folder's recipe.yaml, read as data: trust_remote_code is the command's, and
+    relative paths in it are relative to the folder, never to the working directory."""
+    from peftkit.recipe import read_yaml
+
+    run_dir = Path(run_dir).resolve()
+    return folder_recipe(read_yaml(str(run_dir / RECIPE)), run_dir, trust_remote_code)
+
+
+def folder_recipe(raw: dict, folder: Path, trust_remote_code: bool = False):
+    """build_recipe of a recipe stored in `folder` (recipe.yaml, or peftkit.json's copy)."""
+    import copy
+
+    from peftkit.recipe import build_recipe
+
+    raw = copy.deepcopy(raw)
+    model = raw.get("model")
+    if isinstance(model, dict):
+        model["trust_remote_code"] = bool(trust_remote_code)
+        if isinstance(model.get("name"), str):
+            model["name"] = inside_folder(model["name"], Path(folder))
+    return build_recipe(raw, source=str(Path(folder) / RECIPE), check_paths=False)
+
+
+def inside_folder(name: str, folder: Path) -> str:
+    """A relative model path of a stored recipe, made absolute against its folder. A hub id stays
+    a hub id, unless a file of that name sits in the folder or the working directory (which
+    must then not be the one picked up)."""
+    from peftkit.models_registry import ALIASES, HUB_ID
+
+    path = Path(os.path.expanduser(name))
+    if name in ALIASES or path.is_absolute():
+        return name
+    inside = folder / path
+    if inside.exists() or path.exists() or name.startswith(".") or not HUB_ID.match(name):
+        return str(inside)
+    return name
+
+
+def with_trust(recipe, trust_remote_code: bool):
+    import dataclasses
+
+    model = dataclasses.replace(recipe.model, trust_remote_code=bool(trust_remote_code))
+    return dataclasses.replace(recipe, model=model)
+
+
+def load_tokenizer_from(folder: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(folder))
+    tok = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

@@ -127,10 +127,10 @@ def test_an_auto_run_records_its_search_and_trains_at_the_chosen_rate(tiny_bert_
 def test_a_fresh_run_in_a_started_folder_does_not_reuse_a_stale_choice(tmp_path):
     """lr_search.json is reused by --resume only; a run killed before its first checkpoint starts
     again with a new search (its recipe may have changed)."""
-    from peftkit.rundir import LR_SEARCH, prepare
+    from peftkit.rundir import LR_SEARCH, make_run_dir, prepare
 
     folder = tmp_path / "run"
-    folder.mkdir()
+    make_run_dir(folder)  # a folder a killed peftkit run left: marked as its own
     (folder / "recipe.yaml").write_text("task: token-classification\n")
     (folder / LR_SEARCH).write_text(json.dumps({"chosen": 0.5}))
     assert prepare(folder, overwrite=False, resume=False) == "new"

@@ -25,7 +25,7 @@ from peftkit.errors import PeftkitError, UsageError
 from peftkit.export import export_adapter, merge_run, merge_weighted
 from peftkit.pipeline import run_recipe
 from peftkit.recipe import build_recipe
-from peftkit.rundir import load_run
+from peftkit.rundir import load_run, seal_weights
 from peftkit.strategies.configs import STRATEGIES
 
 from conftest import tiny_ner_recipe
@@ -63,6 +63,7 @@ def perturb(run_dir: Path, seed: int, scale: float = 0.3) -> None:
         if ".classifier." not in k:
             tensors[k] = v + scale * torch.randn(v.shape, generator=g)
     save_file(tensors, str(path), metadata={"format": "pt"})
+    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
 
 
 def perturb_full(run_dir: Path, seed: int) -> None:
@@ -72,6 +73,7 @@ def perturb_full(run_dir: Path, seed: int) -> None:
     tensors = {k: v + 0.1 * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
                for k, v in tensors.items()}
     save_file(tensors, str(path), metadata={"format": "pt"})
+    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
 
 
 def inputs(tokenizer):

@@ -22,6 +22,7 @@ from peftkit.export import export_adapter, merge_run
 from peftkit.pipeline import run_recipe
 from peftkit.predict import evaluate_folder
 from peftkit.recipe import build_recipe
+from peftkit.rundir import seal_weights
 
 from conftest import tiny_ner_recipe
 
@@ -76,6 +77,7 @@ def set_known_weights(run_dir: Path) -> None:
         emb[VOCAB.index(word), j] = 10.0     # LayerNorm turns it into about +5.6 at j, -0.2 elsewhere
         weight[j, j] = 1.0
     save_file(state, str(path), metadata={"format": "pt"})
+    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +128,7 @@ def perturbed_copy(run: Path, dest: Path) -> Path:
     g = torch.Generator().manual_seed(0)
     state = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in load_file(str(path)).items()}
     save_file(state, str(path), metadata={"format": "pt"})
+    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
     return dest
 
 

@@ -22,7 +22,7 @@ import peftkit.callbacks
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.resume import checkpoint_to_resume, truncate_metrics
-from peftkit.rundir import prepare
+from peftkit.rundir import make_run_dir, prepare
 from peftkit.train import disk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -209,6 +209,7 @@ def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, tiny_ber
 # ---------------------------------------------------------------- run folder rules
 
 def fake_checkpoint(run: Path, step: int, complete: bool = True) -> Path:
+    make_run_dir(run)  # marked as peftkit's own, as prepare() leaves every run folder
     folder = run / "checkpoints" / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     state = '{"global_step": %d}' % step if complete else '{"glob'  # cut short by a kill
@@ -218,13 +219,13 @@ def fake_checkpoint(run: Path, step: int, complete: bool = True) -> Path:
 
 def test_finished_run_is_refused_unless_overwrite(tmp_path):
     run = tmp_path / "run"
-    run.mkdir()
+    make_run_dir(run)
     (run / "result.json").write_text("{}")
     with pytest.raises(UsageError, match="already holds a finished run; pass --overwrite"):
         prepare(run, overwrite=False, resume=False)
     assert prepare(run, overwrite=False, resume=True) == "finished"  # nothing to train
     assert prepare(run, overwrite=True, resume=False) == "new"
-    assert not any(run.iterdir())
+    assert [p.name for p in run.iterdir()] == [".peftkit-run"]  # emptied, and marked again
 
 
 def test_interrupted_run_needs_resume_or_overwrite(tmp_path):
@@ -249,7 +250,7 @@ def test_a_folder_that_is_not_a_run_is_never_deleted(tmp_path):
 
 def test_run_killed_before_its_first_checkpoint_starts_again(tmp_path, capsys):
     run = tmp_path / "run"
-    run.mkdir()
+    make_run_dir(run)
     (run / "recipe.yaml").write_text("task: token-classification\n")
     (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
     fake_checkpoint(run, 5, complete=False)  # killed while writing it

@@ -24,12 +24,22 @@ from peftkit import rundir
 from peftkit.bench import report
 from peftkit.bench.report import ERROR, VARIANT, duration, is_finished, run_dir, settings_of
 from peftkit.bench.suite import Suite, Variant
+from peftkit.errors import PeftkitError
 
 
 def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo,
               nproc: int = 1) -> list[dict]:
     """Run every unfinished variant; returns the result records (also written to `out`)."""
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise PeftkitError(f"cannot create the bench folder {out}: {exc.strerror}") from None
+    with rundir.lock_folder(out, f"bench folder {out}"):  # one bench writes a folder at a time
+        return run_locked(suite, out, force, echo, nproc)
+
+
+def run_locked(suite: Suite, out: Path, force: bool, echo, nproc: int) -> list[dict]:
     write_manifest(suite, out)
     todo = [v.name for v in suite.variants if force or not is_finished(run_dir(out, v), v)]
     n, started, durations = len(suite.variants), time.monotonic(), []
@@ -69,7 +79,9 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
             result = pipeline.run_recipe(variant.recipe, run_dir=folder, overwrite=True)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not stop the suite
         message = error_message(exc)
-        folder.mkdir(parents=True, exist_ok=True)
+        if rundir.contents(folder) and not rundir.is_ours(folder):
+            return f"FAILED: {message.splitlines()[0]}"  # not ours: nothing is written into it
+        rundir.make_run_dir(folder)  # marked: a rerun may replace it
         rundir.write_json(folder / ERROR, {"error": message, "type": type(exc).__name__,
                                            "traceback": traceback.format_exc()})
         record_settings(variant, folder)

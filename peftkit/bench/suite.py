@@ -77,7 +77,7 @@ def load_suite(path: str | Path | None = None, overrides: list[str] = ()) -> Sui
         raise SuiteError(exc.problems, source=str(path)) from None
     problems: list[str] = [unknown_key(str(k), SUITE_KEYS) for k in raw if k not in SUITE_KEYS]
     name = str(raw.get("name") or path.stem)
-    if not re.fullmatch(r"[\w.+=-]+", name):
+    if not re.fullmatch(r"[\w.+=-]+", name) or folder_name_problem(name):
         problems.append(f"name: {name!r} must be usable as a folder name (letters, digits, . _ - + =)")
     base, base_source = read_base(raw.get("base"), path, problems)
     common = settings_of(raw.get("overrides"), "overrides", problems)
@@ -236,9 +236,25 @@ def short(value: Any) -> str:
     return str(value)
 
 
+def folder_name_problem(name: str) -> str | None:
+    """A name that is used as a folder below --out: one plain component, never `..` (issue 17: a
+    variant named `..` made a rerun delete the whole --out folder)."""
+    if not name or not name.strip():
+        return "is empty"
+    if "/" in name or "\\" in name or "\0" in name:
+        return "contains a path separator"
+    if name in (".", "..") or ".." in name or name.startswith("."):
+        return "starts with '.' or contains '..'"
+    return None
+
+
 def check_unique(variants: list[tuple[Variant, str]], problems: list[str]) -> None:
     seen: dict[str, list[str]] = {}
     for variant, label in variants:
+        bad = folder_name_problem(variant.name)
+        if bad:
+            problems.append(f"{label}: variant name {variant.name!r} {bad}; it names the run "
+                            "folder <out>/runs/<name>: use letters, digits, - _ + = and single dots")
         seen.setdefault(variant.name, []).append(label)
     for name, labels in seen.items():
         if len(labels) > 1:

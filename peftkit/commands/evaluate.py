@@ -17,8 +17,11 @@ from peftkit.cli_errors import friendly_errors
 @click.option("--max-samples", type=click.IntRange(1),
               help="first N examples only (default: the run's limit on its own data, else all)")
 @click.option("--json", "as_json", is_flag=True, help="print the metrics as JSON")
+@click.option("--trust-remote-code", is_flag=True,
+              help="run model code (auto_map *.py) that the folder or its base model ships; "
+                   "never done without this flag, whatever the folder's recipe says")
 @friendly_errors
-def eval_cmd(folder, overrides, data, split, max_samples, as_json):
+def eval_cmd(folder, overrides, data, split, max_samples, as_json, trust_remote_code):
     """Evaluate FOLDER (run, export or merged folder) on --data / --split with the run's metrics.
 
     The data is read as the run read its own (columns, max_length, tokenizer); OVERRIDES are
@@ -30,7 +33,7 @@ def eval_cmd(folder, overrides, data, split, max_samples, as_json):
     route_libraries()  # load reports and library warnings only with -v
 
     report = evaluate_folder(folder, data=data, split=split, max_samples=max_samples,
-                             overrides=list(overrides))
+                             overrides=list(overrides), trust_remote_code=trust_remote_code)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -12,8 +12,10 @@ from peftkit.cli_errors import friendly_errors
 @click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
+@click.option("--trust-remote-code", is_flag=True,
+              help="keep model code files (*.py, auto_map) of the run in --out (left out otherwise)")
 @friendly_errors
-def export(run_dir, out, overwrite):
+def export(run_dir, out, overwrite, trust_remote_code):
     """Write the adapter of RUN_DIR alone to --out, with a model card.
 
     peft methods (lora, dora, adalora, ia3, prompt) load with PeftModel.from_pretrained; adapter and
@@ -24,5 +26,5 @@ def export(run_dir, out, overwrite):
 
     route_libraries()  # load reports and library warnings only with -v
 
-    folder = export_adapter(run_dir, out, overwrite=overwrite)
+    folder = export_adapter(run_dir, out, overwrite=overwrite, trust_remote_code=trust_remote_code)
     click.echo(f"adapter written to {folder} (see its README.md for how to load it)")

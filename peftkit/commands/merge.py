@@ -23,8 +23,11 @@ METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties
 @click.option("--density", type=click.FloatRange(0, 1), help="ties / dare / magnitude_prune: share kept")
 @click.option("--svd-rank", type=click.IntRange(1), help="svd methods: rank of the result")
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
+@click.option("--trust-remote-code", is_flag=True,
+              help="run (and keep in --out) model code (auto_map *.py) that the folder or its base model ships; "
+                   "never done without this flag, whatever the folder's recipe says")
 @friendly_errors
-def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite):
+def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust_remote_code):
     """Merge RUNS (run folders) into one plain Hugging Face model folder at --out.
 
     One run: its LoRA / DoRA / AdaLoRA / IA3 adapter is folded into the base (reloaded in full
@@ -37,10 +40,12 @@ def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite):
     route_libraries()  # load reports and library warnings only with -v
 
     if len(runs) == 1 and weights is None:
-        folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite)
+        folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite,
+                           trust_remote_code=trust_remote_code)
     else:
         folder = merge_weighted(runs, parse_weights(weights), out, method=method, dtype=dtype,
-                                overwrite=overwrite, density=density, svd_rank=svd_rank)
+                                overwrite=overwrite, density=density, svd_rank=svd_rank,
+                                trust_remote_code=trust_remote_code)
     click.echo(f"merged model written to {folder}")
     click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
 

@@ -16,8 +16,11 @@ from peftkit.cli_errors import friendly_errors
 @click.option("-i", "--input", "input_file", type=click.Path(dir_okay=False, exists=True),
               help="one text per line (.jsonl: objects with a \"text\" field); - reads stdin")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="write JSONL here, not stdout")
+@click.option("--trust-remote-code", is_flag=True,
+              help="run model code (auto_map *.py) that the folder or its base model ships; "
+                   "never done without this flag, whatever the folder's recipe says")
 @friendly_errors
-def predict(folder, texts, input_file, output):
+def predict(folder, texts, input_file, output, trust_remote_code):
     """Predict with the model in FOLDER on TEXTS, else on --input, else on stdin lines.
 
     One JSON object per text: NER entities (type, text, start, end), a class label with
@@ -33,7 +36,7 @@ def predict(folder, texts, input_file, output):
 
     route_libraries()  # load reports and library warnings only with -v
 
-    records = predict_texts(folder, items)
+    records = predict_texts(folder, items, trust_remote_code=trust_remote_code)
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
     if output:
         with open(output, "w", encoding="utf-8") as f:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from peftkit import rundir
 from peftkit.export.card import model_card, portable_base
-from peftkit.export.folder import ADAPTER, check_out, staged, write_meta
+from peftkit.export.folder import ADAPTER, check_out, staged, without_code, write_meta
 from peftkit.export.merge import RunInfo, base_label
 
 RUN_FILES = (rundir.RECIPE, rundir.LABELS, rundir.RESULT)
@@ -41,13 +41,15 @@ def describe_run_weights(run_dir: Path, recipe, result: dict, labels) -> None:
     rundir.atomic_write_text(folder / "README.md", card)
 
 
-def export_adapter(run_dir, out, overwrite: bool = False) -> Path:
-    run = RunInfo(Path(run_dir))
-    folder = rundir.weights_dir(run.dir)
+def export_adapter(run_dir, out, overwrite: bool = False, trust_remote_code: bool = False) -> Path:
+    """`trust_remote_code`: keep model code files (*.py, auto_map) the run's folder holds."""
+    run = RunInfo(Path(run_dir), trust_remote_code)
+    folder = rundir.checked_weights(run.dir)  # a corrupt file is refused, not copied on
     out = check_out(Path(out), overwrite, [run.dir])
     recipe, base = run.recipe, base_label(run.recipe)
     with staged(out) as tmp:
         shutil.copytree(folder, tmp, dirs_exist_ok=True)
+        without_code(tmp, trust_remote_code)
         for name in RUN_FILES:
             if (run.dir / name).is_file():
                 shutil.copy2(run.dir / name, tmp / name)

@@ -30,10 +30,29 @@ def check_out(out: Path, overwrite: bool, sources: list[Path]) -> Path:
         src = Path(src).resolve()
         if out == src or out in src.parents:
             raise UsageError(f"--out {out} would replace the run folder {src}; choose another folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    found = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if found and not overwrite:
         raise UsageError(f"--out {out} is not empty; pass --overwrite to replace it or choose "
                          "another folder")
+    if found and not (out / META).is_file():  # --overwrite deletes only what peftkit wrote
+        listed = ", ".join(found[:6]) + (f" and {len(found) - 6} more" if len(found) > 6 else "")
+        raise UsageError(f"--out {out} is not empty ({listed}) and is not a folder peftkit merge "
+                         f"or export wrote (no {META}); peftkit never deletes it, not even with "
+                         "--overwrite. Choose another folder")
     return out
+
+
+def without_code(folder: Path, trust_remote_code: bool) -> None:
+    """An output folder carries model code (*.py, auto_map) only when --trust-remote-code said
+    so: whoever loads it with trust_remote_code=True later would run it (issue 17)."""
+    if trust_remote_code:
+        return
+    from peftkit.remote_code import strip_code
+
+    removed = strip_code(folder)
+    if removed:
+        print(f"note: left out the model code ({', '.join(removed[:6])}); pass "
+              "--trust-remote-code to keep it")
 
 
 @contextlib.contextmanager

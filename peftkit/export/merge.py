@@ -16,7 +16,8 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.export.card import model_card
-from peftkit.export.folder import MERGED, check_out, staged, write_meta
+from peftkit.export.folder import MERGED, check_out, staged, without_code, write_meta
+from peftkit.rundir import seal_weights
 from peftkit.strategies import all_strategies
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -27,18 +28,22 @@ NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 
 # ---------------------------------------------------------------- one run
 
-def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False) -> Path:
-    """Merge one run's adapter into its base (a full fine-tune is saved as it is)."""
+def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False,
+              trust_remote_code: bool = False) -> Path:
+    """Merge one run's adapter into its base (a full fine-tune is saved as it is).
+    `trust_remote_code`: the command's flag (the run folder's recipe never decides it)."""
     from peftkit.rundir import load_run
 
-    run = RunInfo(Path(run_dir))
+    run = RunInfo(Path(run_dir), trust_remote_code)
     check_mergeable(run)
     check_dtype(dtype)
     out = check_out(Path(out), overwrite, [run.dir])
-    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe)
+    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe,
+                                                      trust_remote_code=trust_remote_code)
     merged = recipe.strategy_impl.merge(model)
     sources = [{"run": str(run.dir), "weight": 1.0}]
-    save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result])
+    save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result],
+                trust_remote_code=trust_remote_code)
     return out
 
 
@@ -62,13 +67,13 @@ def check_dtype(dtype: str) -> None:
 
 def merge_weighted(run_dirs, weights: list[float] | None, out, method: str = "linear",
                    dtype: str = "float32", overwrite: bool = False, density: float | None = None,
-                   svd_rank: int | None = None) -> Path:
+                   svd_rank: int | None = None, trust_remote_code: bool = False) -> Path:
     """Combine the adapters of runs on one base with peft's add_weighted_adapter, then merge.
 
     Task heads (peft's modules_to_save: every run trains its own) are combined as sum(w_i * head_i),
     and so is any other non-adapter tensor a run saved (trained biases).
     """
-    runs = [RunInfo(Path(d)) for d in run_dirs]
+    runs = [RunInfo(Path(d), trust_remote_code) for d in run_dirs]
     weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
     check_weighted(runs, weights, method, density)
     check_dtype(dtype)
@@ -76,7 +81,7 @@ def merge_weighted(run_dirs, weights: list[float] | None, out, method: str = "li
     model, tokenizer, recipe, labels = combined_model(runs, weights, method, density, svd_rank)
     sources = [{"run": str(r.dir), "weight": w} for r, w in zip(runs, weights)]
     save_merged(model, tokenizer, out, recipe, labels, dtype, sources, [r.result for r in runs],
-                method=method)
+                method=method, trust_remote_code=trust_remote_code)
     return out
 
 
@@ -115,13 +120,20 @@ def combined_model(runs, weights, method, density, svd_rank):
     import torch
     from peft import PeftConfig, get_peft_model, load_peft_weights, set_peft_model_state_dict
 
+    from peftkit import remote_code
     from peftkit.models import load_model, source_of
-    from peftkit.rundir import load_tokenizer_from, weights_dir
+    from peftkit.rundir import checked_weights, load_tokenizer_from, weights_dir
     from peftkit.tasks import get_task
 
-    recipe = runs[0].recipe.with_quantization("none")
+    recipe = runs[0].recipe.with_quantization("none")  # trust_remote_code: the command's (RunInfo)
     task = get_task(recipe.task)
-    model = load_model(source_of(recipe), recipe, task, runs[0].labels)
+    for run in runs:
+        checked_weights(run.dir)
+    source = source_of(recipe)
+    code_dirs = [Path(source.path)] if source.kind == "folder" else []
+    remote_code.announce(code_dirs, recipe.model.trust_remote_code)
+    with remote_code.refusing_code(code_dirs):
+        model = load_model(source, recipe, task, runs[0].labels)
     names = [f"run{i}" for i in range(len(runs))]
     others: dict[str, torch.Tensor] = {}
     for name, run, w in zip(names, runs, weights):
@@ -157,7 +169,8 @@ def combined_model(runs, weights, method, density, svd_rank):
             from None
     merged = model.merge_and_unload(adapter_names=["combined"])
     load_others(merged, others)
-    return merged, load_tokenizer_from(weights_dir(runs[0].dir)), recipe, runs[0].labels
+    tokenizer = load_tokenizer_from(weights_dir(runs[0].dir), recipe.model.trust_remote_code)
+    return merged, tokenizer, recipe, runs[0].labels
 
 
 def load_others(model, tensors: dict) -> None:
@@ -175,7 +188,7 @@ def load_others(model, tensors: dict) -> None:
 # ---------------------------------------------------------------- saving
 
 def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources: list[dict],
-                results: list, method: str | None = None) -> None:
+                results: list, method: str | None = None, trust_remote_code: bool = False) -> None:
     """safetensors weights, config (id2label/label2id), tokenizer, generation config, card, meta."""
     import torch
 
@@ -192,6 +205,8 @@ def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources
     with staged(out) as tmp:
         model.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        without_code(tmp, trust_remote_code)
+        seal_weights(tmp)
         card = model_card(MERGED, out, recipe, labels, results, sources, extra)
         (tmp / "README.md").write_text(card, encoding="utf-8")
         write_meta(tmp, {"kind": MERGED, "task": recipe.task, "labels": labels,
@@ -224,10 +239,11 @@ def base_label(recipe) -> str:
 class RunInfo:
     """What a run folder says about itself, read without loading any model."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, trust_remote_code: bool = False):
         from peftkit import rundir
 
         self.dir = run_dir.resolve()
+        self.trust_remote_code = trust_remote_code  # the command's flag, never the folder's
         if not (self.dir / rundir.RECIPE).is_file():
             raise UsageError(f"{run_dir} is not a peftkit run folder (no {rundir.RECIPE}); "
                              "give the folder `peftkit run` wrote")
@@ -242,6 +258,5 @@ class RunInfo:
 
     def load_recipe(self):
         from peftkit import rundir
-        from peftkit.recipe import build_recipe, read_yaml
 
-        return build_recipe(read_yaml(str(self.dir / rundir.RECIPE)), source=None, check_paths=False)
+        return rundir.read_run_recipe(self.dir, self.trust_remote_code)
