@@ -36,6 +36,10 @@ def run_suite(suite: Suite, out: Path, force: bool = False, echo=click.echo,
     try:
         for i, variant in enumerate(suite.variants, 1):
             head = f"[{i}/{n}] {variant.name}"
+            if variant.blocked:  # --tune: its search found no setting to run
+                record_failure(variant, run_dir(out, variant), variant.blocked)
+                echo(click.style(f"{head}: FAILED: {variant.blocked}", fg="red", bold=True))
+                continue
             if variant.name not in todo:
                 echo(click.style(f"{head}: finished earlier, skipped (--force reruns it)", fg="cyan"))
                 continue
@@ -69,10 +73,7 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
             result = pipeline.run_recipe(variant.recipe, run_dir=folder, overwrite=True)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not stop the suite
         message = error_message(exc)
-        folder.mkdir(parents=True, exist_ok=True)
-        rundir.write_json(folder / ERROR, {"error": message, "type": type(exc).__name__,
-                                           "traceback": traceback.format_exc()})
-        record_settings(variant, folder)
+        record_failure(variant, folder, message, type(exc).__name__, traceback.format_exc())
         return f"FAILED: {message.splitlines()[0] if message else type(exc).__name__}"
     record_settings(variant, folder)
     # A finished variant is never resumed, and its weights are in adapter/ or model/: the Trainer
@@ -81,6 +82,13 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
     metric = result["metric"]
     value = result["test"].get(metric)
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} {value}"
+
+
+def record_failure(variant: Variant, folder: Path, message: str, kind: str = "PeftkitError",
+                   trace: str = "") -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(folder / ERROR, {"error": message, "type": kind, "traceback": trace})
+    record_settings(variant, folder)
 
 
 def record_settings(variant: Variant, folder: Path) -> None:
