@@ -178,3 +178,10 @@ def test_tune_without_optuna_says_how_to_install(tiny_bert_dir, tmp_path, monkey
     result = CliRunner().invoke(main, ["bench", str(path), "--tune", "--out", str(tmp_path / "o")])
     assert result.exit_code == 2 and "pip install 'peftkit[tune]'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_tune_refuses_when_test_and_validation_are_one_split(tiny_bert_dir, tmp_path):
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1})
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "data.test_split=null",
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "separate" in result.output and "Traceback" not in result.output

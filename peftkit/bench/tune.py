@@ -53,6 +53,7 @@ def tune_suite(suite: Suite, out: Path, storage_url: str | None = None, echo=cli
     group's best trial (or blocked when none completed). Writes tuning.json and trials.csv."""
     optuna = require_optuna()
     spec = dataclasses.replace(suite.tune, trials=trials or suite.tune.trials)
+    check_held_out(suite)
     storage, label = open_storage(optuna, storage_url, Path(out))
     summaries, tuned = {}, []
     for group, variants in groups(suite).items():
@@ -63,6 +64,19 @@ def tune_suite(suite: Suite, out: Path, storage_url: str | None = None, echo=cli
         tuned += [with_best(v, summaries[group]) for v in variants]
     write_records(Path(out), summaries)
     return dataclasses.replace(suite, variants=tuned)
+
+
+def check_held_out(suite: Suite) -> None:
+    """Trials are scored on data.eval_split: refuse when the results are scored on it too
+    (SST-2's dev set is both), or the search would have seen the test set."""
+    same = sorted({v.group for v in suite.variants
+                   if (v.recipe.data.test_split or v.recipe.data.eval_split) == v.recipe.data.eval_split})
+    if same:
+        raise UsageError(
+            f"{suite.source}: --tune scores trials on data.eval_split, and {', '.join(same)} "
+            "also report their results on it (data.test_split is null or the same split): the "
+            "search would pick the setting on the test set. Give the variants a separate "
+            "data.test_split (or an eval_split held out from training)")
 
 
 def groups(suite: Suite) -> dict[str, list[Variant]]:
@@ -205,7 +219,7 @@ def report_to_study(optuna, trial, metric: str, reports: int):
             self.every, self.done = 1, set()   # steps already reported (once each)
 
         def on_train_begin(self, args, state, control, **kwargs):
-            self.every = max(1, state.max_steps // max(1, reports))
+            self.every = max(1, -(-state.max_steps // max(1, reports)))  # ceil: `reports` in all
 
         def on_step_end(self, args, state, control, **kwargs):
             # the last step is evaluated by the epoch's own evaluation (eval_every)
