@@ -32,8 +32,9 @@ from peftkit.train import (TokenCounter, build_trainer, early_stopping_record, r
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
-               resume: bool = False) -> dict:
-    """Train and evaluate `recipe`; returns the result record also written to result.json."""
+               resume: bool = False, callbacks: tuple = ()) -> dict:
+    """Train and evaluate `recipe`; returns the result record also written to result.json.
+    callbacks: extra TrainerCallbacks (`peftkit bench --tune` reports validation scores to Optuna)."""
     run_dir = Path(run_dir or rundir.default_run_dir(recipe))
     recipe = absolute_paths(recipe)
     distributed.init()  # under torchrun / accelerate launch only the main process edits the folder
@@ -61,7 +62,7 @@ def train_in(run_dir: Path, recipe, checkpoint: str | None) -> dict:
     if env.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
     trained, search = settle_learning_rate(parts, run_dir)  # parts.recipe: min_steps applied
-    result, tracker = train_and_test(trained, parts, run_dir, checkpoint)
+    result, tracker = train_and_test(trained, parts, run_dir, checkpoint, callbacks)
     if search is not None:
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
@@ -168,7 +169,8 @@ def settle_learning_rate(parts: Build, run_dir: Path):
     return dataclasses.replace(recipe, train=train), record
 
 
-def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) -> dict:
+def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None,
+                   extra_callbacks: tuple = ()) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
     from peftkit.health_watch import HealthWatch   # a TrainerCallback: transformers stays lazy
 
@@ -178,7 +180,7 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None) 
     trainable, total = count_parameters(model)
     model_memory_mb = memory_footprint(model) / 2**20  # as stored: int8 / packed NF4 weights are smaller
     trainer = build_trainer(recipe, model, parts.tokenizer, task, parts.encoded, parts.labels, run_dir,
-                            parts.precision, [*callbacks, watch], report_to=recipe.train.report_to,
+                            parts.precision, [*callbacks, watch, *extra_callbacks], report_to=recipe.train.report_to,
                             find_unused_parameters=strategy.ddp_find_unused_parameters)
     distributed.check_engine(trainer, strategy)  # FSDP / DeepSpeed from an accelerate config
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder

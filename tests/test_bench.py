@@ -287,8 +287,10 @@ def test_seeds_are_averaged_with_sample_std():
     a = rows[1]
     assert (a["runs"], a["mean"], a["seeds"]) == (2, pytest.approx(0.6), [1, 2])
     assert a["std"] == pytest.approx(0.1414, abs=1e-4)
+    # the table shows the 95% t interval: t(0.975, 1) = 12.706, x 0.1414 / sqrt(2) = 1.2706
+    assert a["ci95"] == pytest.approx(12.7062 * 0.141421 / 2 ** 0.5, abs=1e-3)
     table = report.format_table(rows)
-    assert "0.6000 ± 0.1414" in table and "c: boom" in table
+    assert "0.6000 ± 1.2706" in table and "c: boom" in table
 
 
 def test_plot_with_many_close_points_writes_png(tmp_path):

@@ -61,7 +61,7 @@ def get(row: dict | None, key: str):
 def value(row: dict | None) -> str:
     if row is None:
         return "not in set"
-    return "failed" if row["mean"] is None else metric_text(row["mean"], row["std"])
+    return "failed" if row["mean"] is None else metric_text(row["mean"], row.get("ci95"))
 
 
 def diff(ra, rb, key):

@@ -1,5 +1,5 @@
-"""pareto.png: the metric against trainable parameters (log axis), one marker per method, the
-Pareto frontier drawn as a staircase, every point labelled where its label overlaps nothing.
+"""pareto.png: the metric against trainable parameters (log axis), one marker per method with its
+95% interval over seeds as error bars, the Pareto frontier of the means drawn as a staircase, every point labelled where its label overlaps nothing.
 
 Uses matplotlib's object API with the Agg canvas (no pyplot, no display, no global state).
 """
@@ -58,9 +58,10 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
               for i, m in enumerate(methods)}
     for m in methods:
         mine = [r for r in rows if r["method"] == m]
-        stds = [r["std"] or 0.0 for r in mine]
+        # error bars: the 95% interval over seeds (report / stats.ci95), the frontier uses the means
+        bars = [r.get("ci95") or 0.0 for r in mine]
         ax.errorbar([r["trainable_params"] for r in mine], [r["mean"] for r in mine],
-                    yerr=stds if any(stds) else None, fmt=markers.get(m) or next(spare),
+                    yerr=bars if any(bars) else None, fmt=markers.get(m) or next(spare),
                     color=colors[m], markersize=9, capsize=3, linestyle="none", label=m, zorder=3)
 
     collapsed = [r for r in rows if r.get("collapsed")]
@@ -75,7 +76,7 @@ def plot_pareto(rows: list[dict], path: Path, title: str = "") -> None:
     ax.set_xscale("log")
     xs = [p[0] for p in points]
     ax.set_xlim(min(xs) / 3, max(xs) * 3)  # room for the labels at both ends
-    ys = [p[1] for p in points]
+    ys = [y for r in rows for y in (r["mean"] - (r.get("ci95") or 0), r["mean"] + (r.get("ci95") or 0))]
     pad = (max(ys) - min(ys)) * 0.12 or 0.05
     ax.set_ylim(min(ys) - pad, max(ys) + pad)
     ax.xaxis.set_major_formatter(lambda x, _: numbers.human_count(x))

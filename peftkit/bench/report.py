@@ -1,8 +1,10 @@
 """Result records of a bench folder and the files made from them.
 
     runs/<variant>/result.json | error.json ─▶ records (one per run) ─▶ results.json, results.csv
-                                             ─▶ rows (one per variant, mean ± std over seeds)
+                                             ─▶ rows (one per variant, mean ± 95% CI over seeds,
+                                                 frontier marks: peftkit/bench/stats.py)
                                              ─▶ results.md and the terminal table, pareto.png
+    --tune: tuning.json and trials.csv (peftkit/bench/tune.py) add the chosen settings and trials
 
 Everything is rebuilt from the run folders, so the reports never disagree with the runs.
 """
@@ -21,10 +23,12 @@ from pathlib import Path
 from peftkit import rundir
 from peftkit.bench.numbers import higher_is_better, human_count
 from peftkit.bench.plot import plot_pareto
+from peftkit.bench.stats import ci95, mark_frontier
 
 ERROR = rundir.BENCH_ERROR
 VARIANT = rundir.BENCH_VARIANT  # the settings a run folder was made with (see is_finished)
-DICT_COLUMNS = ("strategy_settings", "overrides", "versions")  # JSON text in the CSV
+DICT_COLUMNS = ("strategy_settings", "overrides", "versions", "tuning")  # JSON text in the CSV
+TUNING = "tuning.json"  # --tune: per group, the study's trials and the chosen setting
 
 
 def run_dir(out: Path, variant) -> Path:
@@ -125,15 +129,19 @@ def default_metric(task: str) -> str | None:
 
 # ---------------------------------------------------------------- rows (one per variant)
 
-def summarize(records: list[dict]) -> list[dict]:
-    """One row per variant group: mean ± std of the metric over seeds; best first, failures last."""
+def summarize(records: list[dict], tuning: dict | None = None) -> list[dict]:
+    """One row per variant group: mean ± 95% CI of the metric over seeds, its place against the
+    Pareto frontier, and (--tune) its search; best first, failures last."""
     groups: dict[str, list[dict]] = {}
     for rec in records:
         groups.setdefault(rec["group"], []).append(rec)
     rows = [group_row(name, recs) for name, recs in groups.items()]
+    for row in rows:
+        row["tuning"] = (tuning or {}).get(row["variant"])
     ok = [r for r in rows if r["mean"] is not None]
-    sign = 1 if higher_is_better(ok[0]["metric"] if ok else None) else -1
-    ok.sort(key=lambda r: (-sign * r["mean"], r["trainable_params"] or 0))
+    better = higher_is_better(ok[0]["metric"] if ok else None)
+    ok.sort(key=lambda r: (-(1 if better else -1) * r["mean"], r["trainable_params"] or 0))
+    mark_frontier(ok, better)
     return ok + [r for r in rows if r["mean"] is None]
 
 
@@ -147,6 +155,7 @@ def group_row(name: str, recs: list[dict]) -> dict:
         "seeds": [r["seed"] for r in ok],
         "mean": statistics.fmean(values) if values else None,
         "std": statistics.stdev(values) if len(values) > 1 else None,
+        "ci95": ci95(values),   # t interval of the mean: what the table and the plot show
         "errors": [f"{r['variant']}: {r['error']}" for r in recs if r["status"] == "failed"],
         "collapsed": sum(r.get("health") == "collapsed" for r in ok),
         "warnings": [f"{r['variant']}: {w}" for r in ok for w in r.get("health_findings", [])],
@@ -168,13 +177,42 @@ def write_reports(suite, out: Path, plot: bool = True) -> list[dict]:
     """Rewrite results.json, results.csv, results.md (and pareto.png) from the run folders."""
     out = Path(out)
     records = collect(suite, out)
-    rows = summarize(records)
+    tuning = read_tuning(out)
+    rows = summarize(records, tuning)
+    add_group_figures(records, rows)
     rundir.write_json(out / "results.json", records)
     rundir.atomic_write_text(out / "results.csv", to_csv(records))
     rundir.atomic_write_text(out / "results.md", to_markdown(suite, records, rows))
     if plot and any(r["mean"] is not None for r in rows):
         plot_pareto(rows, out / "pareto.png", title=plot_title(suite.name, records))
     return records
+
+
+def read_tuning(out: Path) -> dict:
+    """{group: study summary} written by a --tune bench (peftkit/bench/tune.py), else {}."""
+    try:
+        return json.loads((Path(out) / TUNING).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def add_group_figures(records: list[dict], rows: list[dict]) -> None:
+    """Every run's record also carries its variant's mean ± 95% CI, frontier mark and search, so
+    results.json and results.csv say what results.md says."""
+    by_group = {r["variant"]: r for r in rows}
+    for rec in records:
+        row = by_group[rec["group"]]
+        rec.update(group_mean=row["mean"], group_ci95=row["ci95"], group_runs=row["runs"],
+                   frontier=row.get("frontier"), not_distinguishable_from=row.get("near"),
+                   tuning=chosen(row.get("tuning")))
+
+
+def chosen(tuning: dict | None) -> dict | None:
+    """The search in brief (the trial list stays in tuning.json and trials.csv)."""
+    if not tuning:
+        return None
+    return {k: tuning.get(k) for k in ("study", "params", "best_trial", "best_value", "trials",
+                                       "complete", "pruned", "failed")}
 
 
 def to_csv(records: list[dict]) -> str:
@@ -207,30 +245,64 @@ def to_markdown(suite, records: list[dict], rows: list[dict]) -> str:
     lines += [format_table(rows), ""]
     if ok and ok[0]["versions"]:
         lines += ["versions: " + ", ".join(f"{k} {v}" for k, v in ok[0]["versions"].items() if v), ""]
-    lines += ["Sorted by the metric on the test split (mean ± sample std over seeds where a variant "
-              "ran with several). Every run's folder is under `runs/<variant>/`; "
-              "`results.csv` and `results.json` hold every number; `pareto.png` plots the table.", ""]
+    lines += ["Sorted by the metric on the test split: mean ± 95% confidence interval over seeds "
+              "(t(0.975, n-1) · sd / √n) where a variant ran with several. *frontier*: on the "
+              "Pareto frontier of the means (no variant with as few trainable parameters does "
+              "better); *≈ X*: its interval overlaps that of X, the frontier point at its parameter "
+              "budget, so the seeds do not tell the two apart. Every run's folder is under "
+              "`runs/<variant>/`; `results.csv` and `results.json` hold every number; "
+              "`pareto.png` plots the table (error bars: the 95% intervals).", ""]
+    lines += tuning_section(rows)
     return "\n".join(lines)
+
+
+def tuning_section(rows: list[dict]) -> list[str]:
+    """--tune: each variant's search, its trials by state and the setting the test runs used."""
+    tuned = [r for r in rows if r.get("tuning")]
+    if not tuned:
+        return []
+    head = ["variant", "chosen setting", "best trial", "validation", "trials", "complete",
+            "pruned", "failed", "study"]
+    body = [[r["variant"], setting_text(t["params"]), "–" if t["best_trial"] is None else
+             f"#{t['best_trial']}", "–" if t["best_value"] is None else f"{t['best_value']:.4f}",
+             str(t["trials"]), str(t["complete"]), str(t["pruned"]), str(t["failed"]), t["study"]]
+            for r in tuned for t in [r["tuning"]]]
+    first = tuned[0]["tuning"]
+    return ["## Tuning", "",
+            f"Optuna TPE search per variant on the validation split ({first['budget']} trials "
+            f"each, pruner {first['pruner']}), then the best setting trained once per seed and "
+            f"scored on test. Every trial, pruned and failed ones included, is in `trials.csv` and "
+            f"`tuning.json`; storage: `{first['storage']}`.", "",
+            markdown_table(head, body, right={3, 4, 5, 6, 7}), ""]
+
+
+def setting_text(params: dict | None) -> str:
+    if not params:
+        return "–"
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def format_table(rows: list[dict]) -> str:
     """The results table (Markdown, readable as plain text too), followed by any failures."""
     metric = next((r["metric"] for r in rows if r["mean"] is not None), None) or "metric"
     several = any(r["runs"] > 1 for r in rows)
-    head = ["#", "variant", "method", metric, "lr", "trainable", "% trainable", "train time",
-            "tokens/s", "peak memory", "saved size"] + (["runs"] if several else [])
+    tuned = any(r.get("tuning") for r in rows)
+    head = ["#", "variant", "method", metric, "vs frontier", "lr", "trainable", "% trainable",
+            "train time", "tokens/s", "peak memory", "saved size"] + (["runs"] if several else []) \
+        + (["tuned setting", "trials"] if tuned else [])
     body = []
     for i, r in enumerate(rows, 1):
         if r["mean"] is None:
             body.append(["–", r["variant"], r["method"], "failed"] + ["–"] * (len(head) - 4))
             continue
-        value = metric_text(r["mean"], r["std"]) + (" COLLAPSED" if r.get("collapsed") else "")
-        cells = [str(i), r["variant"], r["method"], value, lr_text(r.get("learning_rates")),
+        value = metric_text(r["mean"], r.get("ci95")) + (" COLLAPSED" if r.get("collapsed") else "")
+        cells = [str(i), r["variant"], r["method"], value, frontier_text(r),
+                 lr_text(r.get("learning_rates")),
                  human_count(r["trainable_params"]), percent(r["trainable_percent"]),
                  seconds(r["train_seconds"]), number(r["tokens_per_second"]),
                  megabytes(r["peak_memory_mb"]), size(r["adapter_bytes"])]
-        body.append(cells + ([str(r["runs"])] if several else []))
-    text = [markdown_table(head, body, right={0, *range(3, len(head))})]
+        body.append(cells + ([str(r["runs"])] if several else []) + (tuned_cells(r) if tuned else []))
+    text = [markdown_table(head, body, right={0, 3, *range(5, len(head) - (2 if tuned else 0))})]
     warnings = [w for r in rows for w in r.get("warnings", [])]
     if warnings:
         text += ["", "COLLAPSED runs (trained, learned nothing useful; peftkit.health):"]
@@ -239,6 +311,20 @@ def format_table(rows: list[dict]) -> str:
     if errors:
         text += ["", "Failed runs:"] + [f"- {first_line(e)}" for e in errors]
     return "\n".join(text)
+
+
+def frontier_text(row: dict) -> str:
+    if row.get("frontier"):
+        return "frontier"
+    return f"≈ {row['near']} (not distinguishable)" if row.get("near") else "–"
+
+
+def tuned_cells(row: dict) -> list[str]:
+    t = row.get("tuning")
+    if not t:
+        return ["–", "–"]
+    return [setting_text(t["params"]),
+            f"{t['trials']} ({t['complete']} done, {t['pruned']} pruned, {t['failed']} failed)"]
 
 
 def lr_text(rates) -> str:

@@ -46,6 +46,10 @@ def run_locked(suite: Suite, out: Path, force: bool, echo, nproc: int) -> list[d
     try:
         for i, variant in enumerate(suite.variants, 1):
             head = f"[{i}/{n}] {variant.name}"
+            if variant.blocked:  # --tune: its search found no setting to run
+                record_failure(variant, run_dir(out, variant), variant.blocked)
+                echo(click.style(f"{head}: FAILED: {variant.blocked}", fg="red", bold=True))
+                continue
             if variant.name not in todo:
                 echo(click.style(f"{head}: finished earlier, skipped (--force reruns it)", fg="cyan"))
                 continue
@@ -79,12 +83,8 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
             result = pipeline.run_recipe(variant.recipe, run_dir=folder, overwrite=True)
     except Exception as exc:  # noqa: BLE001 - one broken variant must not stop the suite
         message = error_message(exc)
-        if rundir.contents(folder) and not rundir.is_ours(folder):
+        if not record_failure(variant, folder, message, type(exc).__name__, traceback.format_exc()):
             return f"FAILED: {message.splitlines()[0]}"  # not ours: nothing is written into it
-        rundir.make_run_dir(folder)  # marked: a rerun may replace it
-        rundir.write_json(folder / ERROR, {"error": message, "type": type(exc).__name__,
-                                           "traceback": traceback.format_exc()})
-        record_settings(variant, folder)
         return f"FAILED: {message.splitlines()[0] if message else type(exc).__name__}"
     record_settings(variant, folder)
     # A finished variant is never resumed, and its weights are in adapter/ or model/: the Trainer
@@ -93,6 +93,18 @@ def run_one(variant: Variant, folder: Path, nproc: int = 1) -> str:
     metric = result["metric"]
     value = result["test"].get(metric)
     return f"{metric} {value:.4f}" if isinstance(value, (int, float)) else f"{metric} {value}"
+
+
+def record_failure(variant: Variant, folder: Path, message: str, kind: str = "PeftkitError",
+                   trace: str = "") -> bool:
+    """error.json and the variant's settings in its folder; False (nothing written) when the
+    folder holds something that is not peftkit's."""
+    if folder.exists() and rundir.contents(folder) and not rundir.is_ours(folder):
+        return False
+    rundir.make_run_dir(folder)  # marked: a rerun may replace it
+    rundir.write_json(folder / ERROR, {"error": message, "type": kind, "traceback": trace})
+    record_settings(variant, folder)
+    return True
 
 
 def record_settings(variant: Variant, folder: Path) -> None:

@@ -15,12 +15,14 @@
         strategy: {name: lora, use_dora: true}
       - name: prefix              # a variant may bring its own base recipe (its settings, its
         base: ../recipes/prefix.yaml  # learning rate); the suite's overrides still apply on top
+    tune: {trials: 12, seeds: 3}  # with `peftkit bench --tune`: peftkit/bench/tunespec.py
 
 Grid values a name does not mention are appended to it (lora-r8-lr0.002), and with several
 seeds every name ends in -seed<N>. Setting `strategy.name` to another strategy starts that
 strategy from its defaults (the base's LoRA rank means nothing to an adapter). Every variant is
 built with `peftkit.recipe.build_recipe`, so a suite is checked exactly like a recipe; all
-problems of all variants are raised together.
+problems of all variants are raised together. Under --tune (load_suite(tune=True)) every variant
+runs with the seeds of the `tune:` section, which the search then shares per group.
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from peftkit.errors import RecipeError
+from peftkit.bench.tunespec import TuneSpec, check_tune
 from peftkit.recipe import Recipe, build_recipe, flatten, read_yaml, type_name, unknown_key
 from peftkit.strategies.configs import DEFAULT_STRATEGY
 
 DEFAULT_SUITE = Path(__file__).with_name("quick.yaml")
-SUITE_KEYS = ["name", "description", "base", "overrides", "seeds", "grid", "variants"]
+DEFAULT_TUNE_SUITE = Path(__file__).with_name("quick_tune.yaml")  # `peftkit bench --tune`
+SUITE_KEYS = ["name", "description", "base", "overrides", "seeds", "grid", "variants", "tune"]
 VARIANT_KEYS = ["name", "grid", "base"]  # every other key of a variant entry is a recipe setting
 # Short forms of grid keys in generated variant names: lora-r8-lr0.002, not lora-r8-learning_rate0.002.
 ABBREV = {"learning_rate": "lr", "num_virtual_tokens": "t", "reduction_factor": "rf",
@@ -58,6 +62,7 @@ class Variant:
     seed: int | None
     overrides: dict  # dotted key -> value over the base recipe (what makes this variant)
     recipe: Recipe
+    blocked: str | None = None  # why it cannot run (--tune: no trial of its search completed)
 
 
 @dataclass
@@ -66,11 +71,13 @@ class Suite:
     source: str
     description: str = ""
     variants: list[Variant] = field(default_factory=list)
+    tune: TuneSpec | None = None  # the `tune:` section (defaults where absent) when tuning
 
 
-def load_suite(path: str | Path | None = None, overrides: list[str] = ()) -> Suite:
-    """Read and expand a suite (default: the packaged quick suite). Raises SuiteError."""
-    path = Path(path or DEFAULT_SUITE)
+def load_suite(path: str | Path | None = None, overrides: list[str] = (), tune: bool = False) -> Suite:
+    """Read and expand a suite (default: the packaged quick suite, or quick_tune under tune).
+    tune: expand with the `tune:` section's seeds and keep it on the suite. Raises SuiteError."""
+    path = Path(path or (DEFAULT_TUNE_SUITE if tune else DEFAULT_SUITE))
     try:
         raw = read_yaml(str(path))
     except RecipeError as exc:
@@ -83,6 +90,9 @@ def load_suite(path: str | Path | None = None, overrides: list[str] = ()) -> Sui
     common = settings_of(raw.get("overrides"), "overrides", problems)
     cli = cli_layer(overrides, problems)
     seeds = check_seeds(raw.get("seeds"), problems)
+    spec = check_tune(raw.get("tune"), seeds, problems)  # checked with or without --tune
+    if tune:
+        seeds = spec.seeds
     top_grid = check_grid(raw.get("grid"), "grid.", problems)
     entries = raw.get("variants", [{}])
     if not isinstance(entries, list) or not entries:
@@ -95,7 +105,7 @@ def load_suite(path: str | Path | None = None, overrides: list[str] = ()) -> Sui
     if problems:
         raise SuiteError(list(dict.fromkeys(problems)), source=str(path))
     return Suite(name=name, source=str(path), description=str(raw.get("description") or ""),
-                 variants=[v for v, _ in variants])
+                 variants=[v for v, _ in variants], tune=spec if tune else None)
 
 
 # ---------------------------------------------------------------- expansion

@@ -142,6 +142,7 @@ class AdapterStrategy(Strategy):
     merge_refusal = ("bottleneck adapters add a non-linear module (down-projection, activation, "
                      "up-projection) after each adapted layer, which no weight delta can express")
     plot_markers = {"adapter": "P"}
+    tune_size = ("reduction_factor", (8.0, 16.0, 32.0))  # ignored when bottleneck_size is set
     peft_format = False
 
     def apply(self, model, cfg: AdapterConfig, ctx: ApplyContext):

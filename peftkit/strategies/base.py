@@ -67,6 +67,10 @@ class Strategy:
     lr_range: tuple[float, float] = (1e-4, 5e-3)
     lr_search: str = "sweep"
     default_lr: float = 1e-3
+    # `peftkit bench --tune` with `tune.size: true`: the setting that sizes this method (its
+    # trainable parameters) and the values the search tries besides the learning rate; None:
+    # nothing to size (IA3, full, AdaLoRA whose target_r must stay below its init_r)
+    tune_size: tuple[str, tuple] | None = None
 
     def apply(self, model, cfg, ctx: ApplyContext):
         raise NotImplementedError

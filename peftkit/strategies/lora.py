@@ -19,6 +19,7 @@ class LoraStrategy(PeftStrategy):
     can_merge = True
     weighted_methods = WEIGHTED_METHODS
     plot_markers = {"lora": "o", "dora": "D"}
+    tune_size = ("r", (4, 8, 16))
 
     def method(self, settings: dict) -> str:
         return "dora" if settings.get("use_dora") else self.name

@@ -255,6 +255,7 @@ class PrefixStrategy(Strategy):
     merge_refusal = ("prefixes are extra keys and values every attention layer attends to, not a "
                      "weight delta")
     plot_markers = {"prefix": "v"}
+    tune_size = ("num_virtual_tokens", (5, 10, 20))
     peft_format = False
     packable = False   # the prefix columns are prepended to the mask (extend_mask)
     lr_range = (1e-3, 5e-2)

@@ -26,6 +26,7 @@ class PromptStrategy(PeftStrategy):
     can_merge = False
     merge_refusal = "a soft prompt is extra input embeddings in front of every input, not a weight delta"
     plot_markers = {"prompt": "*"}
+    tune_size = ("num_virtual_tokens", (5, 10, 20))
     packable = False   # peft prepends the virtual tokens to a 2-D attention mask
     lr_range = (3e-3, 1e-1)
     default_lr = 3e-2

@@ -1,0 +1,312 @@
+"""`peftkit bench --tune`: an Optuna search per variant on the validation split, then the best
+setting once per seed on test (issue 16).
+
+    suite (tune: section) ─▶ per variant group: optuna study "<suite>:<group>" in the storage
+        trial = pipeline.run_recipe(variant + suggested lr [+ size], test_split: null)
+                └ ReportToStudy: validation metric ─▶ trial.report ─▶ pruner ─▶ TrialPruned
+    best trial's params ─▶ the group's variants (one per seed) ─▶ runner.run_suite (test split)
+    DIR/tune.db (default storage) · DIR/trials/<group>/trial-NNN/ · tuning.json · trials.csv
+
+A trial is an ordinary run through the same pipeline; only its final metrics come from the
+validation split (data.test_split: null), so the test split never steers the search. The budget
+counts completed, pruned and failed trials; a trial cut short by Ctrl-C or a killed process
+(FAIL without an error of its own) does not count, so a rerun replaces it. Several processes on
+one storage (--storage) share a study: each runs trials until the shared count reaches the
+budget (one more each at most, when they finish at the same moment).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import click
+
+from peftkit import rundir
+from peftkit.bench.numbers import higher_is_better
+from peftkit.bench.report import TUNING, default_metric
+from peftkit.bench.suite import Suite, Variant
+from peftkit.errors import PeftkitError, UsageError
+
+
+def require_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise UsageError("--tune searches with Optuna, which is not installed: "
+                           "pip install 'peftkit[tune]' (or pip install optuna)") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # peftkit prints one line a trial
+    return optuna
+
+
+# ---------------------------------------------------------------- the whole suite
+
+def tune_suite(suite: Suite, out: Path, storage_url: str | None = None, echo=click.echo,
+               trials: int | None = None) -> Suite:
+    """Run the remaining trials of every group's study; the suite with each variant set to its
+    group's best trial (or blocked when none completed). Writes tuning.json and trials.csv."""
+    optuna = require_optuna()
+    spec = dataclasses.replace(suite.tune, trials=trials or suite.tune.trials)
+    check_held_out(suite)
+    storage, label = open_storage(optuna, storage_url, Path(out))
+    summaries, tuned = {}, []
+    for group, variants in groups(suite).items():
+        study = open_study(optuna, storage, f"{suite.name}:{group}", spec, variants[0],
+                           shared=storage_url is not None)
+        run_trials(optuna, study, group, variants[0], spec, Path(out), echo)
+        summaries[group] = summarize_study(optuna, study, spec, label)
+        tuned += [with_best(v, summaries[group]) for v in variants]
+    write_records(Path(out), summaries)
+    return dataclasses.replace(suite, variants=tuned)
+
+
+def check_held_out(suite: Suite) -> None:
+    """Trials are scored on data.eval_split: refuse when the results are scored on it too
+    (SST-2's dev set is both), or the search would have seen the test set."""
+    same = sorted({v.group for v in suite.variants
+                   if (v.recipe.data.test_split or v.recipe.data.eval_split) == v.recipe.data.eval_split})
+    if same:
+        raise UsageError(
+            f"{suite.source}: --tune scores trials on data.eval_split, and {', '.join(same)} "
+            "also report their results on it (data.test_split is null or the same split): the "
+            "search would pick the setting on the test set. Give the variants a separate "
+            "data.test_split (or an eval_split held out from training)")
+
+
+def groups(suite: Suite) -> dict[str, list[Variant]]:
+    """The variants of one group differ only by seed: they share one search."""
+    out: dict[str, list[Variant]] = {}
+    for v in suite.variants:
+        out.setdefault(v.group, []).append(v)
+    return out
+
+
+def open_storage(optuna, url: str | None, out: Path):
+    """(storage, its description). Default: SQLite in the bench folder, so a rerun resumes.
+    A URL with :// is an RDB (sqlite:///f.db, postgresql://...); journal:PATH or any other path
+    is an Optuna journal file, which processes on several machines may share over a file system."""
+    if url is None:
+        out.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{(out / 'tune.db').resolve()}"
+    if "://" in url:
+        try:
+            return optuna.storages.RDBStorage(url), url
+        except Exception as exc:  # noqa: BLE001 - a bad URL or a missing database driver
+            raise PeftkitError(f"--storage {url}: Optuna cannot open it ({exc}). Use an RDB URL "
+                               "such as sqlite:///tune.db or a journal file, journal:PATH") from None
+    path = Path(url.removeprefix("journal:")).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(path))), f"journal:{path}"
+
+
+def open_study(optuna, storage, name: str, spec, template: Variant, shared: bool):
+    """Create the study or load it (load_if_exists: a rerun or another process continues it)."""
+    metric = metric_of(template)
+    existing = len(optuna.load_study(study_name=name, storage=storage).trials) \
+        if name in optuna.get_all_study_names(storage) else 0
+    # TPE restarts its random stream with its seed: offset by the trials already there (a rerun
+    # would otherwise propose the first trials again) and, on a shared storage, by the process
+    seed = spec.sampler_seed + existing + (os.getpid() if shared else 0)
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, spec.trials // 3))
+    return optuna.create_study(study_name=name, storage=storage, load_if_exists=True,
+                               sampler=sampler, pruner=make_pruner(optuna, spec),
+                               direction="maximize" if higher_is_better(metric) else "minimize")
+
+
+def make_pruner(optuna, spec):
+    if spec.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.startup_trials)
+    if spec.pruner == "halving":
+        return optuna.pruners.SuccessiveHalvingPruner()
+    return optuna.pruners.NopPruner()
+
+
+# ---------------------------------------------------------------- trials
+
+def counts(optuna, trial) -> bool:
+    """Does a trial use up budget: finished, pruned, or failed by its own error."""
+    state = optuna.trial.TrialState
+    return (trial.state in (state.COMPLETE, state.PRUNED)
+            or (trial.state == state.FAIL and "error" in trial.user_attrs))
+
+
+def used(optuna, study) -> int:
+    return sum(counts(optuna, t) for t in study.get_trials(deepcopy=False))
+
+
+def run_trials(optuna, study, group: str, template: Variant, spec, out: Path, echo) -> None:
+    left = spec.trials - used(optuna, study)
+    if left <= 0:
+        echo(click.style(f"tune {group}: {spec.trials} trials done earlier", fg="cyan"))
+        return
+    echo(click.style(f"tune {group}: {left} of {spec.trials} trials to run", bold=True))
+
+    def stop_at_budget(study, trial):  # other processes on the storage count too
+        echo(trial_line(group, trial))
+        if used(optuna, study) >= spec.trials:
+            study.stop()
+
+    study.optimize(objective(optuna, group, template, spec, out), n_trials=left,
+                   catch=(Exception,), callbacks=[stop_at_budget])
+
+
+def objective(optuna, group: str, template: Variant, spec, out: Path):
+    """One trial: the variant with the suggested setting, scored on the validation split."""
+    from peftkit.bench.runner import error_message
+
+    strategy = template.recipe.strategy_impl
+    low, high = spec.lr_range or strategy.lr_range
+    metric = metric_of(template)
+
+    def run(trial):
+        params = {"learning_rate": trial.suggest_float("learning_rate", low, high, log=True)}
+        if spec.size and strategy.tune_size:
+            key, choices = strategy.tune_size
+            params[key] = trial.suggest_categorical(key, list(choices))
+        folder = out / "trials" / group / f"trial-{trial.number:03d}"
+        from peftkit import pipeline  # looked up at call time, so tests can stand in for it
+
+        start = time.monotonic()
+        try:
+            result = pipeline.run_recipe(trial_recipe(template.recipe, params), run_dir=folder,
+                                         overwrite=True,
+                                         callbacks=[report_to_study(optuna, trial, metric, spec.reports)])
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:
+            trial.set_user_attr("error", error_message(exc))  # counts against the budget
+            raise
+        finally:
+            trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
+            shutil.rmtree(folder / rundir.CHECKPOINTS, ignore_errors=True)
+        trial.set_user_attr("health", (result.get("health") or {}).get("status"))
+        value = result["test"].get(metric)  # test_split: null -> the validation split
+        if not isinstance(value, (int, float)):
+            raise PeftkitError(f"the trial's results have no {metric!r} (eval.metric)")
+        return value
+
+    return run
+
+
+def trial_recipe(recipe, params: dict):
+    """The variant as a trial: the suggested setting, evaluations during training (for the
+    pruner), final metrics on the validation split, no weights saved."""
+    lr = params["learning_rate"]
+    sized = {k: v for k, v in params.items() if k != "learning_rate"}
+    eval_every = "epoch" if recipe.train.eval_every == "no" else recipe.train.eval_every
+    return dataclasses.replace(
+        recipe, train=dataclasses.replace(recipe.train, learning_rate=lr, eval_every=eval_every),
+        data=dataclasses.replace(recipe.data, test_split=None),
+        output=dataclasses.replace(recipe.output, save_model=False),
+        strategy=dataclasses.replace(recipe.strategy, **sized))
+
+
+def report_to_study(optuna, trial, metric: str, reports: int):
+    """A TrainerCallback: `reports` validation scores per trial to Optuna; a hopeless trial
+    (the pruner says so) stops training by raising TrialPruned."""
+    from transformers import TrainerCallback
+
+    class ReportToStudy(TrainerCallback):
+        def __init__(self):
+            self.every, self.done = 1, set()   # steps already reported (once each)
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.every = max(1, -(-state.max_steps // max(1, reports)))  # ceil: `reports` in all
+
+        def on_step_end(self, args, state, control, **kwargs):
+            # the last step is evaluated by the epoch's own evaluation (eval_every)
+            if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+                control.should_evaluate = True
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(f"eval_{metric}")
+            step = state.global_step
+            if not isinstance(value, (int, float)) or step in self.done:
+                return
+            self.done.add(step)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"validation {metric} {value:.4f} at step {step}")
+
+    return ReportToStudy()
+
+
+def trial_line(group: str, trial) -> str:
+    value = "" if trial.value is None else f" {trial.value:.4f}"
+    params = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in trial.params.items())
+    error = f": {trial.user_attrs['error'].splitlines()[0]}" if "error" in trial.user_attrs else ""
+    return f"  {group} trial #{trial.number} {trial.state.name.lower()}{value} ({params}){error}"
+
+
+# ---------------------------------------------------------------- results
+
+def metric_of(variant: Variant) -> str:
+    r = variant.recipe
+    return r.eval.metric or default_metric(r.task)
+
+
+def summarize_study(optuna, study, spec, storage: str) -> dict:
+    state = optuna.trial.TrialState
+    trials = study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == state.COMPLETE]
+    best = study.best_trial if complete else None
+    return {
+        "study": study.study_name, "storage": storage, "budget": spec.trials,
+        "pruner": spec.pruner, "search": spec.as_dict(),
+        "params": best.params if best else None, "best_trial": best.number if best else None,
+        "best_value": best.value if best else None,
+        "trials": used(optuna, study), "complete": len(complete),
+        "pruned": sum(t.state == state.PRUNED for t in trials),
+        "failed": sum(t.state == state.FAIL and "error" in t.user_attrs for t in trials),
+        "not_finished": sum(not counts(optuna, t) and t.state != state.COMPLETE for t in trials),
+        "trial_list": [trial_record(t) for t in trials],
+    }
+
+
+def trial_record(t) -> dict:
+    return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+            "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
+            "error": t.user_attrs.get("error"), "health": t.user_attrs.get("health"),
+            "seconds": t.user_attrs.get("seconds")}
+
+
+def with_best(variant: Variant, summary: dict) -> Variant:
+    """The variant set to the best trial's setting (the test runs), or blocked without one."""
+    params = summary["params"]
+    if not params:
+        return dataclasses.replace(variant, blocked=(
+            f"no trial of {summary['study']} completed ({summary['pruned']} pruned, "
+            f"{summary['failed']} failed; trials.csv has their errors)"))
+    r = variant.recipe
+    sized = {k: v for k, v in params.items() if k != "learning_rate"}
+    recipe = dataclasses.replace(
+        r, train=dataclasses.replace(r.train, learning_rate=params["learning_rate"]),
+        strategy=dataclasses.replace(r.strategy, **sized))
+    overrides = {**variant.overrides, "train.learning_rate": params["learning_rate"],
+                 **{f"strategy.{k}": v for k, v in sized.items()}}
+    return dataclasses.replace(variant, recipe=recipe, overrides=overrides)
+
+
+def write_records(out: Path, summaries: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rundir.write_json(out / TUNING, summaries)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["group", "trial", "state", "value", "params", "reports", "last_report",
+                     "health", "seconds", "error"])
+    for group, s in summaries.items():
+        for t in s["trial_list"]:
+            steps = list(t["intermediate"].values())
+            writer.writerow([group, t["number"], t["state"], t["value"], json.dumps(t["params"]),
+                             len(steps), steps[-1] if steps else None, t["health"], t["seconds"],
+                             (t["error"] or "").splitlines()[0] if t["error"] else ""])
+    rundir.atomic_write_text(out / "trials.csv", buf.getvalue())

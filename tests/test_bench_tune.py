@@ -1,0 +1,187 @@
+"""peftkit bench --tune (issue 16): Optuna search on validation, best setting x seeds on test.
+
+One real tuned bench on tiny BERT (3 trials + 2 seeds) runs once per module through the CLI; the
+other tests stand in for the pipeline or call the pure functions."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from conftest import tiny_ner_recipe
+
+from peftkit import pipeline
+from peftkit.bench import report, stats
+from peftkit.bench.suite import SuiteError, load_suite
+from peftkit.bench.tunespec import TuneSpec
+from peftkit.cli import main
+
+optuna = pytest.importorskip("optuna")
+
+
+def tuned_suite(folder: Path, model_dir: Path, tune: dict, name: str = "suite.yaml") -> Path:
+    base = tiny_ner_recipe(model_dir, Path("unused"))
+    del base["output"]
+    path = folder / name
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": base, "tune": tune,
+                                    "variants": [{"name": "lora", "strategy": {"name": "lora", "r": 4}}]}))
+    return path
+
+
+def study_trials(out: Path, name: str = "tiny:lora"):
+    return optuna.load_study(study_name=name, storage=f"sqlite:///{out / 'tune.db'}").trials
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny_bert_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    path = tuned_suite(tmp, tiny_bert_dir, {"trials": 3, "seeds": [1, 2], "reports": 2,
+                                            "startup_trials": 1, "lr_range": [1.0e-3, 1.0e-2]})
+    out = tmp / "out"
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "--out", str(out)])
+    return path, out, result
+
+
+def test_tuned_variant_runs_the_best_trials_setting_with_every_seed(tuned):
+    _, out, result = tuned
+    assert result.exit_code == 0, result.output
+    tuning = json.loads((out / "tuning.json").read_text())["lora"]
+    best = max((t for t in study_trials(out) if t.state.name == "COMPLETE"), key=lambda t: t.value)
+    assert tuning["params"] == best.params and tuning["best_trial"] == best.number
+    for seed in (1, 2):  # the test runs: the best trial's rate, each seed, the test split
+        run = json.loads((out / "runs" / f"lora-seed{seed}" / "result.json").read_text())
+        assert run["learning_rate"] == best.params["learning_rate"] and run["seed"] == seed
+    records = json.loads((out / "results.json").read_text())
+    assert {r["tuning"]["best_trial"] for r in records} == {best.number}
+    assert records[0]["group_runs"] == 2 and records[0]["group_ci95"] is not None
+    values = [r["metric_value"] for r in records]
+    assert records[0]["group_ci95"] == pytest.approx(stats.ci95(values))
+    md = (out / "results.md").read_text()
+    assert "## Tuning" in md and f"#{best.number}" in md and "95% confidence interval" in md
+    # every trial is recorded, with its state; trials are scored without touching test
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(rows) == tuning["trials"] == 3 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED", "FAIL"}
+    saved = yaml.safe_load(next((out / "trials" / "lora").glob("*/recipe.yaml")).read_text())
+    assert saved["data"]["test_split"] is None  # final metrics of a trial: the validation split
+
+
+def test_rerun_resumes_the_study_and_adds_no_trial_twice(tuned, monkeypatch):
+    path, out, _ = tuned
+    before = [(t.number, t.state.name) for t in study_trials(out)]
+    calls = []
+
+    def fake(recipe, run_dir, callbacks=(), **kwargs):
+        calls.append(Path(run_dir).name)
+        return {"test": {"f1": 0.0}, "health": {"status": "ok"}}
+
+    monkeypatch.setattr(pipeline, "run_recipe", fake)
+    again = CliRunner().invoke(main, ["bench", str(path), "--tune", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert calls == []  # budget used up, test runs finished with the same setting: nothing runs
+    assert [(t.number, t.state.name) for t in study_trials(out)] == before
+    more = CliRunner().invoke(main, ["bench", str(path), "--tune", "--out", str(out),
+                                     "--trials", "4", "--trials-only"])
+    assert more.exit_code == 0, more.output
+    assert len(calls) == 1 and calls[0].startswith("trial-")  # only the missing fourth trial
+    assert [t.number for t in study_trials(out)] == [n for n, _ in before] + [len(before)]
+
+
+def test_two_processes_on_one_storage_split_the_trials(tiny_bert_dir, tmp_path, monkeypatch):
+    from peftkit.bench.tune import tune_suite
+
+    suite = load_suite(tuned_suite(tmp_path, tiny_bert_dir, {"trials": 6, "seeds": 1}), tune=True)
+    storage = f"journal:{tmp_path / 'shared.log'}"
+    ran: dict[str, list[float]] = {"a": [], "b": []}
+
+    def fake(recipe, run_dir, callbacks=(), **kwargs):
+        ran[threading.current_thread().name].append(recipe.train.learning_rate)
+        time.sleep(0.3)  # a trial takes a while: both workers are busy at once
+        return {"test": {"f1": recipe.train.learning_rate}, "health": {"status": "ok"}}
+
+    monkeypatch.setattr(pipeline, "run_recipe", fake)
+    workers = [threading.Thread(target=tune_suite, name=n, args=(suite, tmp_path / n, storage),
+                                kwargs={"echo": lambda line: None}) for n in ran]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    trials = optuna.load_study(study_name="tiny:lora",
+                               storage=optuna.storages.JournalStorage(
+                                   optuna.storages.journal.JournalFileBackend(str(tmp_path / "shared.log")))).trials
+    assert all(ran.values())  # both did a share
+    assert 6 <= len(trials) <= 7 and len(ran["a"]) + len(ran["b"]) == len(trials)
+    assert len({t.number for t in trials}) == len(trials)
+
+
+def test_pruning_stops_a_hopeless_trial(tiny_bert_dir, tmp_path):
+    from optuna.distributions import FloatDistribution
+
+    from peftkit.bench.tune import make_pruner, objective
+
+    suite = load_suite(tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1, "seeds": 1}), tune=True)
+    spec = TuneSpec(trials=1, seeds=[1], reports=2, startup_trials=1, lr_range=[1e-7, 2e-7])
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(optuna, spec))
+    # a finished trial that scored a perfect F1 at every step: a 1e-7 rate cannot keep up
+    study.add_trial(optuna.trial.create_trial(
+        params={"learning_rate": 1.5e-7}, distributions={"learning_rate": FloatDistribution(1e-7, 2e-7, log=True)},
+        value=1.0, intermediate_values={step: 1.0 for step in range(100)}))
+    study.optimize(objective(optuna, "lora", suite.variants[0], spec, tmp_path), n_trials=1)
+    hopeless = study.trials[-1]
+    assert hopeless.state.name == "PRUNED"
+    assert list(hopeless.intermediate_values) == [2]  # stopped at the first report (step 2 of 4)
+    assert not (tmp_path / "trials" / "lora" / "trial-001" / "result.json").exists()
+
+
+def test_confidence_interval_and_not_distinguishable_rows():
+    # hand computation: mean 0.74, sd 0.04, t(0.975, 2) = 4.302653, 4.302653 * 0.04 / sqrt(3)
+    assert stats.ci95([0.70, 0.74, 0.78]) == pytest.approx(0.0993655, abs=1e-6)
+    assert stats.ci95([0.5]) is None
+
+    def rec(group, value, seed, params):
+        return {"variant": f"{group}-seed{seed}", "group": group, "status": "ok", "metric": "f1",
+                "metric_value": value, "seed": seed, "method": group, "strategy": group,
+                "trainable_params": params, "error": None}
+
+    records = [rec("small", v, s, 100) for s, v in enumerate([0.70, 0.74, 0.78])]
+    records += [rec("close", v, s, 1000) for s, v in enumerate([0.69, 0.70, 0.71])]
+    records += [rec("far", v, s, 1000) for s, v in enumerate([0.40, 0.41, 0.42])]
+    rows = {r["variant"]: r for r in report.summarize(records)}
+    assert rows["small"]["frontier"] and rows["small"]["ci95"] == pytest.approx(0.0993655, abs=1e-6)
+    assert rows["close"]["near"] == "small" and rows["far"]["near"] is None
+    table = report.format_table(list(rows.values()))
+    assert "0.7400 ± 0.0994" in table
+    assert "≈ small (not distinguishable)" in next(line for line in table.splitlines() if "| close " in line)
+    assert "not distinguishable" not in next(line for line in table.splitlines() if "| far " in line)
+
+
+def test_tune_section_is_checked_like_recipe_keys(tiny_bert_dir, tmp_path):
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trals": 3, "pruner": "hyperband", "seeds": [1, 1]})
+    with pytest.raises(SuiteError) as err:
+        load_suite(path)
+    text = str(err.value)
+    assert "tune.trals: unknown key (did you mean 'trials'?)" in text
+    assert "tune.pruner" in text and "tune.seeds" in text
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+
+
+def test_tune_without_optuna_says_how_to_install(tiny_bert_dir, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1})
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "pip install 'peftkit[tune]'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_tune_refuses_when_test_and_validation_are_one_split(tiny_bert_dir, tmp_path):
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1})
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "data.test_split=null",
+                                       "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "separate" in result.output and "Traceback" not in result.output
