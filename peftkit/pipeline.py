@@ -48,13 +48,13 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         state, checkpoint = distributed.main_first(claim_and_prepare)
         if state == "finished":  # --resume of a run that already finished: nothing to train
             return distributed.main_first(lambda: rundir.finished_result(run_dir))
-        return train_in(run_dir, recipe, checkpoint)
+        return train_in(run_dir, recipe, checkpoint, callbacks)
     finally:
         for lock in held:
             lock.release()
 
 
-def train_in(run_dir: Path, recipe, checkpoint: str | None) -> dict:
+def train_in(run_dir: Path, recipe, checkpoint: str | None, callbacks: tuple = ()) -> dict:
     """Phases 2-4 in a prepared (and locked) folder."""
     threads = env.set_threads(recipe)
     output.route_libraries(run_dir / rundir.LOG if env.is_main() else None)

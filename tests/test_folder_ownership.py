@@ -181,7 +181,7 @@ def test_the_lock_is_held_for_the_whole_run(tmp_path, monkeypatch):
 
     seen = []
 
-    def train_in(run_dir, recipe, checkpoint):
+    def train_in(run_dir, recipe, checkpoint, callbacks=()):
         probe = subprocess.run([sys.executable, "-c", "from pathlib import Path; from peftkit "
                                 f"import rundir; rundir.claim(Path({str(run_dir)!r}))"],
                                capture_output=True, text=True, timeout=120)
