@@ -126,8 +126,10 @@ def build(recipe) -> Build:
                        total_steps=total_train_steps(recipe, len(encoded["train"]), env.world_size()))
     data_stats["label_counts"] = dist
     data_stats["data"] = report.record()  # which file became which split, what was held out
-    prior = (task.label_prior(encoded["train"], len(labels))
-             if labels and recipe.model.head_init == "prior" else None)
+    train_prior = task.label_prior(encoded["train"], len(labels)) if labels else None
+    recipe = settle_class_weights(recipe, task, train_prior)
+    data_stats["class_weights"] = recipe.train.class_weights
+    prior = train_prior if recipe.model.head_init == "prior" else None
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
                  recipe.strategy_impl, ctx, resolve_precision(recipe.train.precision, quantized),
                  prior)
@@ -145,6 +147,19 @@ def at_least_min_steps(recipe, n_train: int):
               f"training train.min_steps={t.min_steps} steps instead "
               f"(about {t.epochs * t.min_steps / steps:.1f} epochs)")
     return dataclasses.replace(recipe, train=dataclasses.replace(t, max_steps=t.min_steps))
+
+
+def settle_class_weights(recipe, task, prior: list | None):
+    """train.class_weights: auto becomes none or balanced, decided by the task on the training
+    labels (Task.auto_class_weights), and the run says when it weighs classes."""
+    t = recipe.train
+    if t.class_weights != "auto":
+        return recipe
+    chosen = task.auto_class_weights(prior) if prior else "none"
+    if chosen != "none" and env.is_main():
+        print(f"note: the largest training class is {max(prior) / min(prior):.1f}x the smallest: "
+              f"training with class_weights {chosen} (train.class_weights=none to train without)")
+    return dataclasses.replace(recipe, train=dataclasses.replace(t, class_weights=chosen))
 
 
 def settle_learning_rate(parts: Build, run_dir: Path):

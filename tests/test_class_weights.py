@@ -65,3 +65,44 @@ def test_class_weights_are_refused_for_causal_lm(tiny_bert_dir, tmp_path):
     with pytest.raises(RecipeError) as info:
         build_recipe(raw)
     assert any(p.startswith("train.class_weights:") for p in info.value.problems)
+
+
+def test_auto_weighs_classes_only_when_the_task_says_they_are_lopsided():
+    from peftkit.tasks import get_task
+
+    seq, ner = get_task("sequence-classification"), get_task("token-classification")
+    assert seq.auto_class_weights([0.9, 0.1]) == "balanced"
+    assert seq.auto_class_weights([0.8, 0.2]) == "balanced"        # 4x: the threshold itself
+    assert seq.auto_class_weights([0.55, 0.45]) == "none"
+    assert seq.auto_class_weights([0.3, 0.3, 0.25, 0.15]) == "none"  # 2x
+    assert ner.auto_class_weights([0.95, 0.01, 0.04]) == "none"     # O always dominates NER
+
+
+def write_split(path, n_pos: int, n_neg: int) -> None:
+    import json
+
+    rows = [{"text": f"good film number {i}", "label": "positive"} for i in range(n_pos)]
+    rows += [{"text": f"bad film number {i}", "label": "negative"} for i in range(n_neg)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("counts,expected", [((36, 4), "balanced"), ((20, 20), "none")])
+def test_auto_is_settled_on_the_training_split_and_reaches_the_loss(tiny_bert_dir, tmp_path,
+                                                                     counts, expected):
+    from peftkit.pipeline import build
+
+    data = tmp_path / "data"
+    data.mkdir()
+    write_split(data / "train.jsonl", *counts)
+    for split in ("validation", "test"):
+        write_split(data / f"{split}.jsonl", 4, 4)
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run")   # class_weights left at its default
+    raw["task"] = "sequence-classification"
+    raw["data"] = {"name": str(data), "max_length": 16}
+    parts = build(build_recipe(raw))
+    assert parts.recipe.train.class_weights == expected
+    assert parts.data_stats["class_weights"] == expected
+    model, _ = parts.fresh_model()
+    trainer = build_trainer(parts.recipe, model, parts.tokenizer, parts.task, parts.encoded,
+                            parts.labels, tmp_path / "run", "fp32", [])
+    assert (trainer.compute_loss_func is not None) == (expected == "balanced")

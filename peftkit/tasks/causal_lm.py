@@ -29,6 +29,7 @@ class CausalLM(Task):
     default_metric = "bleu"
     selection_metric = ("loss", False)  # BLEU needs generation, which runs only on test
     columns = ("prompt", "target")
+    auto_balance_ratio = None          # no classes
 
     def encode(self, raw, tokenizer, recipe, labels):
         max_length = recipe.data.max_length
