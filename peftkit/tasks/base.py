@@ -21,6 +21,7 @@ class Task:
     # is chosen by: one the Trainer's evaluation computes during training
     selection_metric: tuple[str, bool] = ("loss", False)
     columns: tuple[str, ...] = ()   # columns the readers must provide
+    generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
 
     def label_names(self, raw, recipe) -> list[str] | None:
         """The label list (index = class id), or None for tasks without labels."""
@@ -65,8 +66,21 @@ class Task:
         them (causal-lm: the generations) go into `out_dir`, the run folder."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
 
-    def predict(self, model, tokenizer, texts: list[str], labels, recipe) -> list[dict]:
+    def predict(self, model, tokenizer, texts: list[str], labels, recipe,
+                adapter_names: list[str] | None = None) -> list[dict]:
+        """One JSON record per text. `adapter_names` (one per text): peft's mixed-adapter batch,
+        each text through its own adapter in the same forward pass (`peftkit serve`)."""
         raise NotImplementedError
+
+    def predict_settings(self, recipe) -> tuple:
+        """The recipe values predict() reads: `peftkit serve` puts texts for different runs in
+        one forward pass only when these are equal."""
+        return (recipe.data.max_length,)
+
+
+def batch_names(adapter_names: list[str] | None, start: int, stop: int) -> dict:
+    """The forward pass's `adapter_names` argument for texts[start:stop] (none: no argument)."""
+    return {} if adapter_names is None else {"adapter_names": list(adapter_names[start:stop])}
 
 
 def tokenize_splits(raw, encode_batch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import IGNORE, Task, tokenize_splits
+from peftkit.tasks.base import IGNORE, Task, batch_names, tokenize_splits
 
 # Raw text split into words the way NER corpora are tokenized: URLs, e-mail addresses, @handles
 # and #hashtags stay whole (social-media sets label them as one token), a trailing full stop or
@@ -72,7 +72,7 @@ class TokenClassification(Task):
 
         return compute
 
-    def predict(self, model, tokenizer, texts, labels, recipe):
+    def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
         import torch
 
         out = []
@@ -84,7 +84,8 @@ class TokenClassification(Task):
             enc = tokenizer(words, is_split_into_words=True, truncation=True, padding=True,
                             max_length=recipe.data.max_length, return_tensors="pt")
             with torch.no_grad():
-                logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits
+                logits = model(**{k: v.to(model.device) for k, v in enc.items()},
+                               **batch_names(adapter_names, start, start + PREDICT_BATCH)).logits
             for i, text in enumerate(batch):
                 tags = word_tags(enc.word_ids(i), logits[i], len(spans[i]), labels)
                 out.append({"text": text, "entities": entities_from_tags(text, spans[i], tags)})
