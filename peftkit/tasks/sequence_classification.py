@@ -7,7 +7,7 @@ Labels are integers 0..N-1 (named by data.label_names, else "0".."N-1") or strin
 from __future__ import annotations
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import Task, batch_names, tokenize_splits
+from peftkit.tasks.base import Task, batch_names, length_batches, tokenize_splits
 
 
 class SequenceClassification(Task):
@@ -70,20 +70,19 @@ class SequenceClassification(Task):
         import torch
 
         model.eval()
-        out = []
-        batch_size = recipe.train.eval_batch_size
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
+        out: list[dict] = [{}] * len(texts)
+        for idx in length_batches(texts, recipe.train.eval_batch_size):
+            chunk = [texts[i] for i in idx]
             firsts, pairs = split_pairs(chunk, bool(recipe.data.text_pair_column))
             enc = tokenizer(firsts, pairs, truncation=True, max_length=recipe.data.max_length,
                             padding=True, return_tensors="pt")
             with torch.no_grad():
                 logits = model(**{k: v.to(model.device) for k, v in enc.items()},
-                               **batch_names(adapter_names, start, start + batch_size)).logits
+                               **batch_names(adapter_names, idx)).logits
             probs = logits.float().softmax(-1).cpu()
-            for text, p in zip(chunk, probs):
-                out.append({"text": text, "label": labels[int(p.argmax())],
-                            "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)}})
+            for i, text, p in zip(idx, chunk, probs):
+                out[i] = {"text": text, "label": labels[int(p.argmax())],
+                          "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)}}
         return out
 
 
