@@ -330,3 +330,12 @@ def test_batcher_runs_requests_queued_together_in_one_call_and_isolates_a_bad_on
     assert mixed[0] == "X" and isinstance(mixed[1], ValueError) and mixed[2] == "Y"
     # queued before the worker woke: one call per key; the failed batch again one by one
     assert calls == [["a", "c"], ["b", "d"], ["x", "bad", "y"], ["x"], ["bad"], ["y"]]
+
+
+def test_length_batches_keep_long_texts_from_padding_short_ones():
+    from peftkit.tasks.base import length_batches
+
+    texts = ["a" * n for n in (5, 120, 6, 5, 7, 118)]
+    batches = length_batches(texts, max_count=3)
+    assert sorted(i for b in batches for i in b) == list(range(6))       # every text, once
+    assert batches == [[0, 3, 2], [4], [5, 1]]     # similar lengths together, at most 3
