@@ -5,7 +5,8 @@
 #     bash benchmarks/gpu_check.sh [--model FOLDER_OR_HUB_ID] [--steps 40]
 #
 # 1. installs peftkit (editable, keeping the CUDA torch that is there) and whatever it lacks,
-# 2. runs the quantization tests, the GPU-marked ones included,
+# 2. runs the quantization tests, the GPU-marked ones included, and the `peftkit serve` tests
+#    (their servers put the base and its adapters on the GPU),
 # 3. trains LoRA for a few steps on a 16-bit, an 8-bit and a 4-bit (NF4) base, merges each run
 #    (the base reloaded in full precision) and prints memory and throughput side by side
 #    (benchmarks/gpu_check.py; results also in $OUT/summary.json).
@@ -30,7 +31,8 @@ need = {"transformers": "transformers>=5,<6", "peft": "peft>=0.17", "bitsandbyte
         "accelerate": "accelerate>=1.0", "datasets": "datasets>=3", "seqeval": "seqeval>=1.2",
         "sklearn": "scikit-learn>=1.3", "click": "click>=8.1", "yaml": "pyyaml>=6", "pytest": "pytest>=8",
         "safetensors": "safetensors>=0.4", "evaluate": "evaluate>=0.4", "matplotlib": "matplotlib>=3.7",
-        "pandas": "pandas>=2", "tokenizers": "tokenizers"}
+        "pandas": "pandas>=2", "tokenizers": "tokenizers", "fastapi": "fastapi>=0.110",
+        "uvicorn": "uvicorn>=0.29", "openai": "openai>=3.50", "httpx2": "httpx2>=2"}
 print(" ".join(f"'{spec}'" for mod, spec in need.items() if u.find_spec(mod) is None))
 PY
 )
@@ -42,6 +44,9 @@ python -c "import bitsandbytes as b, transformers as t, peft as p; print('bitsan
 
 echo "== tests (quantization, GPU-marked included)"
 python -m pytest -q tests/test_quantization.py -p no:cacheprovider
+
+echo "== peftkit serve on CUDA (the tests' servers run --device auto: the model on the GPU)"
+python -m pytest -q tests/test_serve.py -p no:cacheprovider
 
 echo "== LoRA on 16-bit / 8-bit / 4-bit bases"
 python benchmarks/gpu_check.py --out "$OUT_DIR" "$@"

@@ -25,6 +25,7 @@ LAZY_COMMANDS = {
     "eval": ("peftkit.commands.evaluate", "eval_cmd"),
     "recipes": ("peftkit.commands.recipes", "recipes"),
     "inspect-data": ("peftkit.commands.inspect_data", "inspect_data"),
+    "serve": ("peftkit.commands.serve", "serve"),
 }
 
 

@@ -319,7 +319,7 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe
     recipe = with_trust(recipe or read_run_recipe(run_dir), trust_remote_code)
     if quantization is not None:
         recipe = recipe.with_quantization(quantization)
-    labels = json.loads((run_dir / LABELS).read_text()) if (run_dir / LABELS).exists() else None
+    labels = read_labels(run_dir)
     task = get_task(recipe.task)
     folder = checked_weights(run_dir)
     source = source_of(recipe)
@@ -335,6 +335,12 @@ def load_run(run_dir: str | os.PathLike, quantization: str | None = None, recipe
         model = recipe.strategy_impl.load(load_base, folder, recipe.strategy, ctx)
     model.eval()
     return model, tokenizer, recipe, labels, task
+
+
+def read_labels(run_dir: Path) -> list[str] | None:
+    """labels.json: class names in id order (None: causal-lm, or no such file)."""
+    path = Path(run_dir) / LABELS
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def checked_weights(run_dir: Path) -> Path:

@@ -144,6 +144,8 @@ class AdapterStrategy(Strategy):
     plot_markers = {"adapter": "P"}
     tune_size = ("reduction_factor", (8.0, 16.0, 32.0))  # ignored when bottleneck_size is set
     peft_format = False
+    serve_refusal = ("its bottleneck layers are peftkit's own modules inserted into the base, one "
+                     "run's at a time; serve each adapter run on its own")
 
     def apply(self, model, cfg: AdapterConfig, ctx: ApplyContext):
         layers = find_layers(model)

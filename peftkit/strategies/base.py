@@ -71,6 +71,9 @@ class Strategy:
     # trainable parameters) and the values the search tries besides the learning rate; None:
     # nothing to size (IA3, full, AdaLoRA whose target_r must stay below its init_r)
     tune_size: tuple[str, tuple] | None = None
+    # `peftkit serve`: several runs' adapters on one loaded base (add_adapter), and why not
+    serves_many: bool = False
+    serve_refusal: str = "its result is not an adapter that several runs can share one base with"
 
     def apply(self, model, cfg, ctx: ApplyContext):
         raise NotImplementedError
@@ -84,6 +87,17 @@ class Strategy:
 
     def load(self, load_base: Callable, folder: Path, cfg, ctx: ApplyContext):
         raise NotImplementedError
+
+    def add_adapter(self, model, folder: Path, name: str) -> None:
+        """`peftkit serve`: load another run's adapter, named `name`, into a model that load()
+        returned (serves_many)."""
+        raise PeftkitError(f"strategy {self.name!r} cannot serve several runs on one base: "
+                           f"{self.serve_refusal}")
+
+    def mixed_batch(self, cfg) -> bool:
+        """Whether inputs for different adapters may share one forward pass (peft's
+        `adapter_names`); False: `peftkit serve` runs them adapter by adapter (set_adapter)."""
+        return False
 
     def report(self, model) -> dict:
         """Extra facts about the trained model for result.json (AdaLoRA: the ranks it kept)."""

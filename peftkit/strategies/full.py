@@ -14,6 +14,7 @@ class FullStrategy(Strategy):
     plot_markers = {"full": "s"}
     lr_range = (1e-5, 3e-4)
     default_lr = 5e-5
+    serve_refusal = "each run is a whole model, with no base left to share; serve each run on its own"
 
     def apply(self, model, cfg, ctx):
         for p in model.parameters():

@@ -24,6 +24,11 @@ class LoraStrategy(PeftStrategy):
     def method(self, settings: dict) -> str:
         return "dora" if settings.get("use_dora") else self.name
 
+    def mixed_batch(self, cfg) -> bool:
+        # peft's mixed-adapter batches cover LoRA layers and modules_to_save heads, not DoRA
+        # ("Cannot pass `adapter_names` when DoRA is enabled")
+        return not cfg.use_dora
+
     def peft_config(self, model, cfg, ctx):
         from peft import LoraConfig
 

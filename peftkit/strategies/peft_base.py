@@ -10,6 +10,7 @@ from peftkit.strategies.base import ApplyContext, Strategy, head_modules
 
 class PeftStrategy(Strategy):
     peft_format = True
+    serves_many = True         # peft keeps several named adapters on one base (load_adapter)
 
     def peft_config(self, model, cfg, ctx: ApplyContext):
         """The peft config object for this method."""
@@ -31,6 +32,9 @@ class PeftStrategy(Strategy):
         from peft import PeftModel
 
         return PeftModel.from_pretrained(load_base(), str(folder))
+
+    def add_adapter(self, model, folder: Path, name: str) -> None:
+        model.load_adapter(str(folder), adapter_name=name)
 
     def merge(self, model):
         return model.merge_and_unload()

@@ -257,6 +257,8 @@ class PrefixStrategy(Strategy):
     plot_markers = {"prefix": "v"}
     tune_size = ("num_virtual_tokens", (5, 10, 20))
     peft_format = False
+    serve_refusal = ("its prefixes live on the base's attention modules, one run's at a time; "
+                     "serve each prefix run on its own")
     packable = False   # the prefix columns are prepended to the mask (extend_mask)
     lr_range = (1e-3, 5e-2)
     default_lr = 1e-2

@@ -24,6 +24,7 @@ class Task:
     # train.class_weights: auto turns on balanced weights when the training split's largest class
     # outnumbers its smallest this many times (None: never; see auto_class_weights)
     auto_balance_ratio: float | None = 4.0
+    generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
 
     def label_names(self, raw, recipe) -> list[str] | None:
         """The label list (index = class id), or None for tasks without labels."""
@@ -77,8 +78,38 @@ class Task:
         them (causal-lm: the generations) go into `out_dir`, the run folder."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
 
-    def predict(self, model, tokenizer, texts: list[str], labels, recipe) -> list[dict]:
+    def predict(self, model, tokenizer, texts: list[str], labels, recipe,
+                adapter_names: list[str] | None = None) -> list[dict]:
+        """One JSON record per text. `adapter_names` (one per text): peft's mixed-adapter batch,
+        each text through its own adapter in the same forward pass (`peftkit serve`)."""
         raise NotImplementedError
+
+    def predict_settings(self, recipe) -> tuple:
+        """The recipe values predict() reads: `peftkit serve` puts texts for different runs in
+        one forward pass only when these are equal."""
+        return (recipe.data.max_length,)
+
+
+def length_batches(texts: list[str], max_count: int, slack: float = 1.25) -> list[list[int]]:
+    """Indices of `texts` in batches of similar length (characters standing in for tokens): a
+    padded batch costs its longest row times its size, so one long text among short ones made
+    a 32-text batch of CoNLL sentences slower than the texts one by one. Sorted by length, a
+    batch closes when padding would exceed `slack` times its real length, or at max_count."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    batches, current, chars = [], [], 0
+    for i in order:
+        size = len(texts[i]) + 1
+        if current and (len(current) >= max_count or size * (len(current) + 1) > slack * (chars + size)):
+            batches.append(current)
+            current, chars = [], 0
+        current.append(i)
+        chars += size
+    return batches + [current] if current else batches
+
+
+def batch_names(adapter_names: list[str] | None, idx: list[int]) -> dict:
+    """The forward pass's `adapter_names` argument for the texts at `idx` (none: no argument)."""
+    return {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in idx]}
 
 
 def tokenize_splits(raw, encode_batch):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 from peftkit.tasks.base import IGNORE, Task
@@ -30,6 +31,7 @@ class CausalLM(Task):
     selection_metric = ("loss", False)  # BLEU needs generation, which runs only on test
     columns = ("prompt", "target")
     auto_balance_ratio = None          # no classes
+    generates = True
 
     def encode(self, raw, tokenizer, recipe, labels):
         max_length = recipe.data.max_length
@@ -97,12 +99,21 @@ class CausalLM(Task):
                               shown, predictions, references)
         return metrics
 
-    def predict(self, model, tokenizer, texts, labels, recipe):
-        contexts = [[{"role": "user", "content": t}] for t in texts]
-        prompts, _ = render_batch(tokenizer, contexts, [""] * len(texts), template(recipe))
-        prompts = [fit(p, [], recipe.data.max_length)[0] for p in prompts]
-        generated = generate(model, tokenizer, prompts, recipe)
+    def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
+        prompts = chat_prompts(tokenizer, [[{"role": "user", "content": t}] for t in texts], recipe)
+        generated = generate(model, tokenizer, prompts, recipe, adapter_names)
         return [{"prompt": t, "generated": g} for t, g in zip(texts, generated)]
+
+    def predict_settings(self, recipe) -> tuple:
+        return (recipe.data.max_length, template(recipe), recipe_sampling(recipe),
+                recipe.train.eval_batch_size)
+
+
+def chat_prompts(tokenizer, contexts: list[list[dict]], recipe) -> list[list[int]]:
+    """Prompt ids of chat contexts as the run rendered its prompts (data.template), ending where
+    the answer starts, cut to data.max_length from the front."""
+    prompts, _ = render_batch(tokenizer, contexts, [""] * len(contexts), template(recipe))
+    return [fit(p, [], recipe.data.max_length)[0] for p in prompts]
 
 
 # ---------------------------------------------------------------- encoding
@@ -201,29 +212,61 @@ def group_by_prompt(dataset):
     return prompt_ids, shown, references
 
 
-def generate(model, tokenizer, prompts: list[list[int]], recipe) -> list[str]:
+@dataclass(frozen=True)
+class Sampling:
+    """How to continue a prompt: the recipe's eval settings (greedy or beam), or a request's."""
+
+    max_new_tokens: int
+    num_beams: int = 1
+    temperature: float = 0.0      # 0: greedy; above: sampled at this temperature
+    top_p: float = 1.0
+
+    def kwargs(self) -> dict:
+        sample = self.temperature > 0
+        return {"max_new_tokens": self.max_new_tokens, "num_beams": self.num_beams,
+                "do_sample": sample,
+                **({"temperature": self.temperature, "top_p": self.top_p} if sample else {})}
+
+
+def recipe_sampling(recipe) -> Sampling:
+    return Sampling(recipe.eval.max_new_tokens, recipe.eval.num_beams)
+
+
+def generate(model, tokenizer, prompts: list[list[int]], recipe, adapter_names=None) -> list[str]:
     """Greedy (or beam) continuations of token-id prompts, batched with left padding."""
+    rows = generate_ids(model, tokenizer, prompts, recipe_sampling(recipe),
+                        recipe.train.eval_batch_size, adapter_names)
+    return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in rows]
+
+
+def generate_ids(model, tokenizer, prompts: list[list[int]], sampling: Sampling, batch_size: int,
+                 adapter_names: list[str] | None = None) -> list[list[int]]:
+    """The new token ids of each prompt, up to and without its first EOS (padding dropped).
+    `adapter_names` (one per prompt): peft's mixed-adapter batch (`peftkit serve`)."""
     import torch
 
     model.eval()
     device = next(p.device for p in model.parameters())
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    size = recipe.train.eval_batch_size
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths together
-    texts: dict[int, str] = {}
-    for start in range(0, len(order), size):
-        idx = order[start:start + size]
+    rows: dict[int, list[int]] = {}
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
         longest = max(len(prompts[i]) for i in idx)
         ids = torch.tensor([[pad] * (longest - len(prompts[i])) + prompts[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (longest - len(prompts[i])) + [1] * len(prompts[i]) for i in idx],
                             device=device)
+        names = {} if adapter_names is None else {"adapter_names": [adapter_names[i] for i in idx]}
         with torch.no_grad():
-            gen = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
-                                 max_new_tokens=recipe.eval.max_new_tokens, num_beams=recipe.eval.num_beams,
-                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id)
+            gen = model.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad,
+                                 eos_token_id=tokenizer.eos_token_id, **sampling.kwargs(), **names)
         for row, i in enumerate(idx):
-            texts[i] = tokenizer.decode(gen[row, longest:], skip_special_tokens=True).strip()
-    return [texts[i] for i in range(len(prompts))]
+            rows[i] = until_eos(gen[row, longest:].tolist(), tokenizer.eos_token_id)
+    return [rows[i] for i in range(len(prompts))]
+
+
+def until_eos(ids: list[int], eos: int | None) -> list[int]:
+    return ids[:ids.index(eos)] if eos is not None and eos in ids else ids
 
 
 def write_generations(path: Path, prompts: list[str], predictions: list[str], references) -> None:

@@ -7,7 +7,7 @@ Labels are integers 0..N-1 (named by data.label_names, else "0".."N-1") or strin
 from __future__ import annotations
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import Task, tokenize_splits
+from peftkit.tasks.base import Task, batch_names, length_batches, tokenize_splits
 
 
 class SequenceClassification(Task):
@@ -50,6 +50,10 @@ class SequenceClassification(Task):
 
         return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
 
+    def predict_settings(self, recipe) -> tuple:
+        return (recipe.data.max_length, bool(recipe.data.text_pair_column),
+                recipe.train.eval_batch_size)
+
     def compute_metrics(self, labels, recipe):
         from peftkit.health import class_stats
         from peftkit.metrics import classification_scores
@@ -61,24 +65,24 @@ class SequenceClassification(Task):
 
         return compute
 
-    def predict(self, model, tokenizer, texts, labels, recipe):
+    def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
         """One record per text; with a text_pair column, a tab separates the two texts."""
         import torch
 
         model.eval()
-        out = []
-        batch_size = recipe.train.eval_batch_size
-        for start in range(0, len(texts), batch_size):
-            chunk = texts[start:start + batch_size]
+        out: list[dict] = [{}] * len(texts)
+        for idx in length_batches(texts, recipe.train.eval_batch_size):
+            chunk = [texts[i] for i in idx]
             firsts, pairs = split_pairs(chunk, bool(recipe.data.text_pair_column))
             enc = tokenizer(firsts, pairs, truncation=True, max_length=recipe.data.max_length,
                             padding=True, return_tensors="pt")
             with torch.no_grad():
-                logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits
+                logits = model(**{k: v.to(model.device) for k, v in enc.items()},
+                               **batch_names(adapter_names, idx)).logits
             probs = logits.float().softmax(-1).cpu()
-            for text, p in zip(chunk, probs):
-                out.append({"text": text, "label": labels[int(p.argmax())],
-                            "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)}})
+            for i, text, p in zip(idx, chunk, probs):
+                out[i] = {"text": text, "label": labels[int(p.argmax())],
+                          "probabilities": {name: round(float(x), 6) for name, x in zip(labels, p)}}
         return out
 
 

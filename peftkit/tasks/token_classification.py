@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from peftkit.errors import DataError
-from peftkit.tasks.base import IGNORE, Task, tokenize_splits
+from peftkit.tasks.base import IGNORE, Task, batch_names, length_batches, tokenize_splits
 
 # Raw text split into words the way NER corpora are tokenized: URLs, e-mail addresses, @handles
 # and #hashtags stay whole (social-media sets label them as one token), a trailing full stop or
@@ -75,22 +75,23 @@ class TokenClassification(Task):
 
         return compute
 
-    def predict(self, model, tokenizer, texts, labels, recipe):
+    def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
         import torch
 
-        out = []
+        out: list[dict] = [{}] * len(texts)
         model.eval()
-        for start in range(0, len(texts), PREDICT_BATCH):
-            batch = texts[start:start + PREDICT_BATCH]
+        for idx in length_batches(texts, PREDICT_BATCH):
+            batch = [texts[i] for i in idx]
             spans = [[(m.group(), m.start(), m.end()) for m in WORD.finditer(t)] for t in batch]
             words = [[w for w, _, _ in s] or [""] for s in spans]
             enc = tokenizer(words, is_split_into_words=True, truncation=True, padding=True,
                             max_length=recipe.data.max_length, return_tensors="pt")
             with torch.no_grad():
-                logits = model(**{k: v.to(model.device) for k, v in enc.items()}).logits
+                logits = model(**{k: v.to(model.device) for k, v in enc.items()},
+                               **batch_names(adapter_names, idx)).logits
             for i, text in enumerate(batch):
                 tags = word_tags(enc.word_ids(i), logits[i], len(spans[i]), labels)
-                out.append({"text": text, "entities": entities_from_tags(text, spans[i], tags)})
+                out[idx[i]] = {"text": text, "entities": entities_from_tags(text, spans[i], tags)}
         return out
 
 
