@@ -120,8 +120,9 @@ class TrainSection:
     class_weights: str = opt(
         "auto", "classification loss weights: none; balanced (each class weighs the inverse "
         "of its training frequency: for a minority class that matters, at some accuracy on the "
-        "majority); auto (balanced for sequence classification when the largest training class "
-        "is 4x the smallest or more, else none; NER: none)", choices=["auto", "none", "balanced"])
+        "majority); sqrt (the inverse square root: half way); auto (sqrt for sequence "
+        "classification when the largest training class is 4x the smallest or more, else none; "
+        "NER: none)", choices=["auto", "none", "balanced", "sqrt"])
     early_stopping_patience: int | None = opt(
         None, "stop after N evaluations without a better validation score and restore the best "
         "checkpoint (the task's selection metric; needs eval_every)", min=1)
@@ -502,7 +503,7 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
     if recipe.train.eval_every == "steps" and recipe.train.eval_steps is None:
         problems.append("train.eval_steps: required when train.eval_every is steps")
     check_early_stopping(recipe.train, problems)
-    if recipe.train.class_weights == "balanced" and recipe.task == "causal-lm":
+    if recipe.train.class_weights in ("balanced", "sqrt") and recipe.task == "causal-lm":
         problems.append("train.class_weights: weighs classes of token or sequence classification; "
                         "leave it out for causal-lm")
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":

@@ -137,8 +137,9 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
     trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
-    weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)))
-               if recipe.train.class_weights == "balanced" else None)
+    power = WEIGHT_POWER.get(recipe.train.class_weights)
+    weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
+               if power else None)
     metrics, preprocess = (task.probe_metrics() if probe else
                            (task.compute_metrics(labels, recipe), task.preprocess_logits))
     with own_adapters_accepted(model):  # peftkit's adapter/prefix on an 8/4-bit base
@@ -176,10 +177,16 @@ def quiet_raw_logs(trainer) -> None:
         trainer.add_callback(BarsOnly())
 
 
-def balanced_weights(prior: list[float]) -> list[float]:
-    """Class weights inverse to the training frequencies, averaging 1 over the training labels
+# train.class_weights -> the power of the inverse training frequency each class is weighed by
+WEIGHT_POWER = {"balanced": 1.0, "sqrt": 0.5}
+
+
+def balanced_weights(prior: list[float], power: float = 1.0) -> list[float]:
+    """Class weights p_c ** -power, scaled to average 1 over the training labels
     (sum_c p_c * w_c = 1), so the loss keeps its scale and the learning rate its meaning."""
-    return [1.0 / (len(prior) * p) for p in prior]
+    raw = [p ** -power for p in prior]
+    scale = sum(p * w for p, w in zip(prior, raw))
+    return [w / scale for w in raw]
 
 
 def weighted_loss(weights: list[float]):

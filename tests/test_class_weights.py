@@ -20,6 +20,12 @@ def test_balanced_weights_are_inverse_frequencies_that_average_one():
     assert 0.9 * w[0] + 0.1 * w[1] == pytest.approx(1.0)
 
 
+def test_sqrt_weights_are_inverse_square_roots_that_average_one():
+    w = balanced_weights([0.9, 0.1], power=0.5)
+    assert w[1] / w[0] == pytest.approx(3.0)                      # sqrt(0.9 / 0.1)
+    assert 0.9 * w[0] + 0.1 * w[1] == pytest.approx(1.0)
+
+
 def test_the_weighted_loss_matches_a_hand_computation():
     logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 1, -100])  # the third is ignored
@@ -71,8 +77,8 @@ def test_auto_weighs_classes_only_when_the_task_says_they_are_lopsided():
     from peftkit.tasks import get_task
 
     seq, ner = get_task("sequence-classification"), get_task("token-classification")
-    assert seq.auto_class_weights([0.9, 0.1]) == "balanced"
-    assert seq.auto_class_weights([0.8, 0.2]) == "balanced"        # 4x: the threshold itself
+    assert seq.auto_class_weights([0.9, 0.1]) == "sqrt"
+    assert seq.auto_class_weights([0.8, 0.2]) == "sqrt"            # 4x: the threshold itself
     assert seq.auto_class_weights([0.55, 0.45]) == "none"
     assert seq.auto_class_weights([0.3, 0.3, 0.25, 0.15]) == "none"  # 2x
     assert ner.auto_class_weights([0.95, 0.01, 0.04]) == "none"     # O always dominates NER
@@ -86,7 +92,7 @@ def write_split(path, n_pos: int, n_neg: int) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-@pytest.mark.parametrize("counts,expected", [((36, 4), "balanced"), ((20, 20), "none")])
+@pytest.mark.parametrize("counts,expected", [((36, 4), "sqrt"), ((20, 20), "none")])
 def test_auto_is_settled_on_the_training_split_and_reaches_the_loss(tiny_bert_dir, tmp_path,
                                                                      counts, expected):
     from peftkit.pipeline import build
@@ -105,4 +111,4 @@ def test_auto_is_settled_on_the_training_split_and_reaches_the_loss(tiny_bert_di
     model, _ = parts.fresh_model()
     trainer = build_trainer(parts.recipe, model, parts.tokenizer, parts.task, parts.encoded,
                             parts.labels, tmp_path / "run", "fp32", [])
-    assert (trainer.compute_loss_func is not None) == (expected == "balanced")
+    assert (trainer.compute_loss_func is not None) == (expected != "none")
