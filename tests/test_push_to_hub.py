@@ -98,7 +98,7 @@ def test_no_token_is_refused_before_any_work(lora_run, hub, tmp_path):
                    tmp_path, hub.url, token=None)
     assert proc.returncode == 2
     assert "no Hugging Face token found" in proc.stderr and "Traceback" not in proc.stderr
-    assert not out.exists() and not hub.requests
+    assert not out.exists() and not hub.repos
 
 
 def test_an_unreachable_endpoint_exits_1_and_keeps_the_folder(lora_run, tmp_path):
