@@ -312,9 +312,9 @@ def test_causal_lm_loss_covers_completion_tokens_only_and_generation_works(train
         logits = out.logits[:, -labels.shape[1]:].float()   # prompt tuning prepends virtual positions
         manual = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                                                    labels[:, 1:].reshape(-1), ignore_index=IGNORE)
-    extra = 0.0
-    if trained.case.strategy == "adalora":   # peft adds the orthogonality regulariser to the loss
-        extra = float(out.loss) - float(model.base_model.model(**batch).loss)
+        extra = 0.0
+        if trained.case.strategy == "adalora":   # peft adds the orthogonality regulariser to the loss
+            extra = float(out.loss) - float(model.base_model.model(**batch).loss)
     assert float(out.loss) - extra == pytest.approx(float(manual), rel=1e-5)
 
     rows = [env.encoded["test"][i] for i in range(3)]

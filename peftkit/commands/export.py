@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from peftkit.cli_errors import friendly_errors
+from peftkit.commands.push import before_push, push, push_options
 
 
 @click.command()
@@ -14,8 +15,9 @@ from peftkit.cli_errors import friendly_errors
 @click.option("--overwrite", is_flag=True, help="replace a non-empty --out")
 @click.option("--trust-remote-code", is_flag=True,
               help="keep model code files (*.py, auto_map) of the run in --out (left out otherwise)")
+@push_options
 @friendly_errors
-def export(run_dir, out, overwrite, trust_remote_code):
+def export(run_dir, out, overwrite, trust_remote_code, push_to_hub, private):
     """Write the adapter of RUN_DIR alone to --out, with a model card.
 
     peft methods (lora, dora, adalora, ia3, prompt) load with PeftModel.from_pretrained; adapter and
@@ -25,6 +27,8 @@ def export(run_dir, out, overwrite, trust_remote_code):
     from peftkit.output import route_libraries
 
     route_libraries()  # load reports and library warnings only with -v
+    before_push(push_to_hub, private)
 
     folder = export_adapter(run_dir, out, overwrite=overwrite, trust_remote_code=trust_remote_code)
     click.echo(f"adapter written to {folder} (see its README.md for how to load it)")
+    push(folder, push_to_hub, private)

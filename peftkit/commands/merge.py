@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from peftkit.cli_errors import friendly_errors
+from peftkit.commands.push import before_push, push, push_options
 
 METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties", "dare_linear_svd",
            "dare_ties_svd", "magnitude_prune", "magnitude_prune_svd"]
@@ -26,8 +27,10 @@ METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties
 @click.option("--trust-remote-code", is_flag=True,
               help="run (and keep in --out) model code (auto_map *.py) that the folder or its base model ships; "
                    "never done without this flag, whatever the folder's recipe says")
+@push_options
 @friendly_errors
-def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust_remote_code):
+def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust_remote_code,
+          push_to_hub, private):
     """Merge RUNS (run folders) into one plain Hugging Face model folder at --out.
 
     One run: its LoRA / DoRA / AdaLoRA / IA3 adapter is folded into the base (reloaded in full
@@ -38,6 +41,7 @@ def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust
     from peftkit.output import route_libraries
 
     route_libraries()  # load reports and library warnings only with -v
+    before_push(push_to_hub, private)
 
     if len(runs) == 1 and weights is None:
         folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite,
@@ -48,6 +52,7 @@ def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust
                                 trust_remote_code=trust_remote_code)
     click.echo(f"merged model written to {folder}")
     click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
+    push(folder, push_to_hub, private)
 
 
 def parse_weights(text: str | None) -> list[float] | None:

@@ -142,6 +142,9 @@ def combined_model(runs, weights, method, density, svd_rank):
         # Heads are combined below: peft refuses weighted merges of adapters that each carry a
         # modules_to_save copy, and a task-specific PeftModel would add the head back.
         cfg.modules_to_save, cfg.task_type, cfg.inference_mode = None, None, True
+        # The base is the recipe's, loaded above; the config's portable name for it (export's
+        # describe_run_weights) would only make peft warn that the two names differ.
+        cfg.base_model_name_or_path = None
         if name == names[0]:
             model = get_peft_model(model, cfg, adapter_name=name)
         else:

@@ -66,7 +66,14 @@ class AdaLoraStrategy(PeftStrategy):
     def save(self, model, folder, cfg=None) -> None:
         if cfg is not None:  # the budget callback zeroed it for the final evaluation
             model.peft_config[model.active_adapter].orth_reg_weight = cfg.orth_reg_weight
-        super().save(model, folder)   # peft prunes the saved A/B/E to the kept ranks (rank_pattern)
+        import warnings
+
+        with warnings.catch_warnings():
+            # peft prunes the saved A/B/E to the kept ranks (rank_pattern); a matrix whose every
+            # rank was pruned is saved 0-sized, which peft's check for ungathered ZeRO-3 / FSDP
+            # shards takes for one (peftkit saves gathered weights: distributed.save_weights)
+            warnings.filterwarnings("ignore", message=r"Adapter .*LoRA tensor\(s\) have invalid shape")
+            super().save(model, folder)
 
     def load(self, load_base, folder, cfg, ctx):
         import warnings
