@@ -10,7 +10,8 @@
 
 Everything a run needs to continue bit-for-bit lives in `checkpoints/checkpoint-N/`: the Trainer
 writes weights, optimizer, scheduler and RNG states and (last) trainer_state.json; we add
-`peftkit_state.pt`.
+`peftkit_state.pt`, then SHA256SUMS of every binary file (written last: a checkpoint without
+it, or whose files differ from it, is not resumed from).
 """
 
 from __future__ import annotations
@@ -99,13 +100,24 @@ class NonFiniteGuard(TrainerCallback):
     written: the last checkpoint on disk stays the last good one. Weights are scanned only at steps
     that log, evaluate, save or end training (NaN weights stay NaN, so nothing is missed)."""
 
+    BAD_GRADIENT_LOGS = 3  # one overflowing batch can be noise; three logs in a row diverge
+
     def __init__(self, learning_rate: float):
         self.learning_rate = learning_rate
+        self.bad_gradients = 0  # consecutive logs with a NaN/inf gradient norm
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             self.fail(args, state, f"the training loss is {loss}")
+        # The norm before clipping. An infinite one is clipped to a zero update, so the weights
+        # never go NaN and the run "trains" on (issue 17: alpha=1e30, grad_norm Infinity, exit 0)
+        norm = (logs or {}).get("grad_norm")
+        if isinstance(norm, float):
+            self.bad_gradients = 0 if math.isfinite(norm) else self.bad_gradients + 1
+        if self.bad_gradients >= self.BAD_GRADIENT_LOGS:
+            self.fail(args, state, f"the gradient norm was {norm} at {self.bad_gradients} logged "
+                                   "steps in a row (no update was applied)")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.check(args, state, control, model)
@@ -176,7 +188,7 @@ class CheckpointExtras(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             save_extras(folder, self.strategy, model)
-            readable_weights(folder)
+            seal_checkpoint(folder)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.last_saved = state.global_step
@@ -188,13 +200,12 @@ class CheckpointExtras(TrainerCallback):
             self.set_aside = self.strategy.set_aside_for_checkpoint(model)
 
 
-def readable_weights(folder: Path) -> None:
-    """safetensors writes the checkpoint's weights 0600; make them 0644 like its other files."""
-    from peftkit.weight_files import file_mode, weight_files
+def seal_checkpoint(folder: Path) -> None:
+    """0644 weights and SHA256SUMS, written last: --resume trusts only a checkpoint whose every
+    weight, optimizer and RNG file still matches it (peftkit.resume)."""
+    from peftkit import rundir
 
-    mode = file_mode()
-    for path in weight_files(folder):
-        os.chmod(path, mode)
+    rundir.seal_weights(folder)
 
 
 def save_extras(folder: Path, strategy, model) -> None:

@@ -32,7 +32,8 @@ marker existed is "not a run" here: peftkit still reads it (predict, eval, merge
 deletes or cleans it; delete it by hand to reuse the name. While a run writes, it holds LOCK
 (`.peftkit-lock`, peftkit.folder_lock): a second writer is refused, naming the first one's pid.
 
-A checkpoint is complete once the Trainer has written its trainer_state.json (its last file).
+A checkpoint is complete once the Trainer has written its trainer_state.json, and resumable once
+peftkit has sealed it (SHA256SUMS, written last) and its files still match.
 Torch-free at import time.
 """
 
@@ -235,6 +236,17 @@ def is_complete(folder: Path) -> bool:
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     return [c for c in all_checkpoints(run_dir) if is_complete(c)]
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from (None: its files match its manifest)."""
+    if not (folder / CHECKSUMS).is_file():
+        return f"it has no {CHECKSUMS} (cut short before it was sealed, or older than peftkit's checks)"
+    try:
+        weight_files.verify(folder, CHECKSUMS)
+    except PeftkitError as exc:
+        return str(exc)
+    return None
 
 
 # ---------------------------------------------------------------- writing

@@ -22,7 +22,7 @@ import peftkit.callbacks
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.resume import checkpoint_to_resume, truncate_metrics
-from peftkit.rundir import make_run_dir, prepare
+from peftkit.rundir import make_run_dir, prepare, seal_weights
 from peftkit.train import disk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -213,7 +213,10 @@ def fake_checkpoint(run: Path, step: int, complete: bool = True) -> Path:
     folder = run / "checkpoints" / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     state = '{"global_step": %d}' % step if complete else '{"glob'  # cut short by a kill
+    (folder / "optimizer.pt").write_bytes(b"state of step %d" % step)
     (folder / "trainer_state.json").write_text(state)
+    if complete:
+        seal_weights(folder)  # as CheckpointExtras.on_save leaves every checkpoint
     return folder
 
 
@@ -376,3 +379,94 @@ def test_remote_code_runs_only_when_the_recipe_says_so():
     assert hub_kwargs(source, default)["trust_remote_code"] is False
     allowed = build_recipe({"model": {"name": "minilm-l6", "trust_remote_code": True}})
     assert hub_kwargs(source, allowed)["trust_remote_code"] is True
+
+
+# ---------------------------------------------------------------- corrupt checkpoints (issue 17)
+
+@pytest.mark.parametrize("damage", ["truncated", "unsealed"])
+def test_resume_falls_back_to_the_newest_verified_checkpoint(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    fake_checkpoint(run, 5)
+    newest = fake_checkpoint(run, 10)
+    if damage == "truncated":
+        (newest / "optimizer.pt").write_bytes(b"state")  # a copy cut short, a full disk
+    else:
+        (newest / "SHA256SUMS").unlink()  # killed after the Trainer's files, before the seal
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                                               for s in range(1, 11)))
+    assert checkpoint_to_resume(run) == str(run / "checkpoints" / "checkpoint-5")
+    out = capsys.readouterr().out
+    assert "not resuming from checkpoint-10" in out and "falling back" in out
+    assert not newest.exists()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4, 5]
+
+
+def test_with_no_trustworthy_checkpoint_the_run_starts_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    (fake_checkpoint(run, 5) / "optimizer.pt").write_bytes(b"flipped")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert checkpoint_to_resume(run) is None
+    assert "starting the run again" in capsys.readouterr().out
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_a_resumed_final_save_does_not_log_the_test_line_twice(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 8, "loss": 1.0}\n{"step": 8, "test_loss": 0.5, "test_f1": 0.2}\n')
+    truncate_metrics(path, 8)
+    assert path.read_text() == '{"step": 8, "loss": 1.0}\n'
+
+
+def test_leftovers_of_a_killed_merge_are_cleared_on_the_next_start(tmp_path, capsys):
+    from peftkit.export.folder import staged
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "merged"
+    partial = tmp_path / f".merged.partial-{dead}"
+    (partial / "sub").mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"x" * 1000)
+    set_aside = tmp_path / f".merged.old-{dead}"  # killed between publish's two renames
+    set_aside.mkdir()
+    (set_aside / "peftkit.json").write_text("{}")
+    running = tmp_path / f".merged.partial-{os.getppid()}"  # a merge still running: not touched
+    running.mkdir()
+    mine = tmp_path / ".mine.partial-1"  # another output's name: not touched
+    mine.mkdir()
+    with staged(out) as tmp:
+        assert not partial.exists()
+        assert (out / "peftkit.json").is_file()  # the previous result was put back first
+        (tmp / "peftkit.json").write_text('{"new": 1}')
+    assert (out / "peftkit.json").read_text() == '{"new": 1}'
+    assert running.exists() and mine.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".mine.partial-1", f".merged.partial-{os.getppid()}", "merged"])
+    assert "removed" in capsys.readouterr().out
+
+
+def overflow_gradients():
+    """A callback that makes the gradients' norm overflow (finite values, infinite norm), as an
+    absurd LoRA alpha did: clipping then zeroes every update and the weights never go NaN."""
+    from transformers import TrainerCallback
+
+    class Overflow(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda g: g * 3e38)
+
+    return Overflow()
+
+
+def test_gradients_that_stay_infinite_stop_the_run(tmp_path, tiny_bert_dir, monkeypatch,
+                                                   write_recipe):
+    guards = peftkit.callbacks.guard_callbacks
+    monkeypatch.setattr(peftkit.callbacks, "guard_callbacks",
+                        lambda r: [*guards(r), overflow_gradients()])
+    raw = ner_recipe(str(tiny_bert_dir), epochs=1, save_steps=100)
+    result = CliRunner().invoke(main, ["run", str(write_recipe(raw)), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "diverged at step 3" in result.output and "gradient norm was inf" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "result.json").exists()
