@@ -281,3 +281,70 @@ class SignalStop(TrainerCallback):
                 f"stopped by {signal.Signals(self.signum).name} at step {state.global_step} of "
                 f"{state.max_steps}; checkpoint written to {folder}. Run the same command with "
                 "--resume to continue.", self.signum)
+
+
+# ---------------------------------------------------------------- books across interruptions
+
+class RunTotals(TrainerCallback):
+    """The run's totals (loss summed over every optimizer step, training seconds, real and padded
+    tokens), carried through checkpoints so that a resumed run's result.json describes the whole
+    run, not its last part (issue 17: after kill -9 train_loss covered only the resumed steps; after
+    a kill during the final save it was 0.0). Each checkpoint gets `peftkit_totals-<rank>.json`.
+
+    The loss is summed here, one float per training_step in step order, the same additions in an
+    uninterrupted and a resumed run, so both end with the same number."""
+
+    def __init__(self, counter, rank: int = 0):
+        self.counter = counter  # peftkit.train.TokenCounter of this process
+        self.file = f"peftkit_totals-{rank}.json"
+        self.loss_sum = self.seconds_before = 0.0
+        self.real_before = self.slots_before = 0
+        self.started = None
+        self.resume_from: str | None = None  # set by train.run_training
+
+    def attach(self, trainer) -> "RunTotals":
+        """Wrap trainer.training_step: the one place every step's loss passes through."""
+        step = trainer.training_step
+
+        def counted(*args, **kwargs):
+            loss = step(*args, **kwargs)
+            self.loss_sum += float(loss)
+            return loss
+
+        trainer.training_step = counted
+        # first in line: its file is in the checkpoint before CheckpointExtras seals it
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.started = time.perf_counter()
+        saved = Path(self.resume_from) / self.file if self.resume_from else None
+        if saved is not None and saved.is_file():
+            import json
+
+            books = json.loads(saved.read_text(encoding="utf-8"))
+            self.loss_sum, self.seconds_before = books["loss_sum"], books["seconds"]
+            self.real_before, self.slots_before = books["real_tokens"], books["token_slots"]
+
+    def on_save(self, args, state, control, **kwargs):
+        import json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        record = {"step": state.global_step, "loss_sum": self.loss_sum, "seconds": self.seconds(),
+                  "real_tokens": self.real(), "token_slots": self.slots()}
+        tmp = folder / (self.file + ".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, folder / self.file)
+
+    def seconds(self) -> float:
+        import time
+
+        return self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def real(self) -> int:
+        return self.real_before + self.counter.real
+
+    def slots(self) -> int:
+        return self.slots_before + self.counter.slots

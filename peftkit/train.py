@@ -274,11 +274,11 @@ class TokenCounter:
 def run_training(trainer, checkpoint: str | None, run_dir: Path):
     """trainer.train with peftkit's signal handling and disk errors turned into PeftkitErrors;
     `checkpoint`: the one to resume from (peftkit.resume.checkpoint_to_resume), or None."""
-    from peftkit.callbacks import CheckpointExtras, SignalStop
+    from peftkit.callbacks import CheckpointExtras, RunTotals, SignalStop
 
     stop = None
     for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, CheckpointExtras):
+        if isinstance(cb, (CheckpointExtras, RunTotals)):
             cb.resume_from = checkpoint
         if isinstance(cb, SignalStop):
             stop = cb

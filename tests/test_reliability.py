@@ -99,6 +99,14 @@ def test_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, tiny_ber
     assert test_metrics(victim_dir) == test_metrics(ref_dir)
     assert loss_steps(victim_dir) == loss_steps(ref_dir)  # every step once, same losses
     assert [s for s, _ in loss_steps(victim_dir)] == list(range(1, 33))
+    assert run_totals(victim_dir) == run_totals(ref_dir)  # the books cover the whole run
+
+
+def run_totals(run_dir: Path) -> dict:
+    """What result.json says of the whole training (not the timing: that is the machine's)."""
+    result = json.loads((run_dir / "result.json").read_text())
+    return {k: result[k] for k in ("train_loss", "train_steps", "train_tokens",
+                                   "train_padding_fraction")}
 
 
 def kill_when(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -470,3 +478,77 @@ def test_gradients_that_stay_infinite_stop_the_run(tmp_path, tiny_bert_dir, monk
     assert "diverged at step 3" in result.output and "gradient norm was inf" in result.output
     assert "Traceback" not in result.output
     assert not (tmp_path / "r" / "result.json").exists()
+
+
+# ---------------------------------------------------------------- kills during the final save
+
+# Run in a child process: `python -c KILLER <cut point> run ...` SIGKILLs itself at that point of
+# the final save (after training and the test evaluation), a real kill -9 at an exact place.
+KILLER = """
+import os, signal, sys
+point = sys.argv.pop(1)
+import peftkit.pipeline as pipeline, peftkit.rundir as rundir
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def kill_if(test, real):
+    return lambda *a, **k: die() if test(*a) else real(*a, **k)
+
+if point == "weights-unsealed":  # adapter.tmp written, SHA256SUMS not yet
+    rundir.weight_files.seal = kill_if(lambda f, m: str(f).endswith(".tmp"), rundir.weight_files.seal)
+if point == "before-labels":     # adapter/ in place, labels.json not yet
+    rundir.write_json = kill_if(lambda p, d: p.name == "labels.json", rundir.write_json)
+if point == "before-card":       # labels written, adapter config / model card not yet
+    pipeline.describe_run_weights = die
+if point == "result-unrenamed":  # result.json.tmp written, not yet renamed
+    os.replace = kill_if(lambda s, d: str(d).endswith("result.json"), os.replace)
+from peftkit.cli import main
+main(args=sys.argv[1:])
+"""
+TIMING_KEYS = ("train_seconds", "train_tokens_per_second", "peak_memory_mb", "run_dir", "test")
+
+
+def stable_result(run_dir: Path) -> dict:
+    result = json.loads((run_dir / "result.json").read_text())
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+def folder_files(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                  if p.is_file() and "checkpoints" not in p.parts and p.name not in ("run.log",))
+
+
+@pytest.mark.parametrize("point", ["weights-unsealed", "before-labels", "before-card",
+                                   "result-unrenamed"])
+def test_a_kill_at_any_point_of_the_final_save_resumes_to_the_same_files(
+        tmp_path, tiny_bert_dir, point, reference_run):
+    recipe, ref = reference_run
+    victim = tmp_path / "victim"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = subprocess.run([sys.executable, "-c", KILLER, point, "run", str(recipe), "--out",
+                             str(victim)], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (victim / "result.json").exists()
+    resumed = CliRunner().invoke(main, ["run", str(recipe), "--out", str(victim), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert stable_result(victim) == stable_result(ref)
+    assert test_metrics(victim) == test_metrics(ref)
+    assert folder_files(victim) == folder_files(ref)
+    assert (victim / "adapter" / "SHA256SUMS").read_text() == (ref / "adapter" / "SHA256SUMS").read_text()
+    lines = [json.loads(x) for x in (victim / "metrics.jsonl").read_text().splitlines()]
+    assert sum("test_f1" in r for r in lines) == 1  # the test line once, not twice
+    assert loss_steps(victim) == loss_steps(ref)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_bert_dir):
+    """One uninterrupted run (16 steps) that every cut point is compared with."""
+    from peftkit.pipeline import run_recipe
+    from peftkit.recipe import load_recipe
+
+    where = tmp_path_factory.mktemp("final-save")
+    recipe = where / "ner.yaml"
+    recipe.write_text(yaml.safe_dump(ner_recipe(str(tiny_bert_dir), epochs=1)))
+    run_recipe(load_recipe(recipe), run_dir=where / "ref")
+    return recipe, where / "ref"
