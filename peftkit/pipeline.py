@@ -26,8 +26,8 @@ from peftkit.quantization import memory_footprint
 from peftkit.resume import check_same_recipe, checkpoint_to_resume
 from peftkit.strategies.base import ApplyContext, count_parameters
 from peftkit.tasks import get_task
-from peftkit.train import (TokenCounter, build_trainer, early_stopping_record, resolve_precision,
-                           run_training, total_train_steps)
+from peftkit.train import (TokenCounter, build_trainer, disk_errors, early_stopping_record,
+                           resolve_precision, run_training, total_train_steps)
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -47,7 +47,8 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         state, checkpoint = distributed.main_first(claim_and_prepare)
         if state == "finished":  # --resume of a run that already finished: nothing to train
             return distributed.main_first(lambda: rundir.finished_result(run_dir))
-        return train_in(run_dir, recipe, checkpoint, callbacks)
+        with disk_errors(run_dir):  # a full disk anywhere: the one documented line
+            return train_in(run_dir, recipe, checkpoint, callbacks)
     finally:
         for lock in held:
             lock.release()

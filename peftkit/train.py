@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peftkit import output, rundir
 from peftkit.env import cpu_has_fast_bf16
-from peftkit.errors import PeftkitError
+from peftkit.errors import DISK_ERRNOS, PeftkitError, write_error
 from peftkit.tasks.base import IGNORE
 
 
@@ -291,12 +291,8 @@ def _nothing():
     yield
 
 
-DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EROFS: "read-only file system"}
-
-
 TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
+NO_SPACE = "No space left on device"  # how tokenizers (Rust: "os error 28") reports ENOSPC
 
 
 @contextmanager
@@ -307,10 +303,12 @@ def disk_errors(where: Path):
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
-        raise PeftkitError(f"cannot write {exc.filename or where}: {DISK_ERRNOS[exc.errno]}. "
-                           "Free some space or point output.dir (or --out) at a writable "
-                           "folder") from None
-    except RuntimeError as exc:
+        raise write_error(where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - tokenizers' Rust errors are plain Exceptions
+        if NO_SPACE in str(exc):
+            raise write_error(where, OSError(errno.ENOSPC, NO_SPACE)) from None
+        if not isinstance(exc, RuntimeError):
+            raise
         # torch.save reports a failed write as a RuntimeError from its zip writer, without errno
         text = str(exc)
         if not any(k in text for k in TORCH_WRITE_ERRORS):

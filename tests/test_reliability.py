@@ -339,7 +339,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(PeftkitError, match=r"cannot write .*result.json: No space left"):
+    with pytest.raises(PeftkitError, match=r"cannot write .*result.json(.tmp)?: no space left on the device"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
@@ -552,3 +552,57 @@ def reference_run(tmp_path_factory, tiny_bert_dir):
     recipe.write_text(yaml.safe_dump(ner_recipe(str(tiny_bert_dir), epochs=1)))
     run_recipe(load_recipe(recipe), run_dir=where / "ref")
     return recipe, where / "ref"
+
+
+# ---------------------------------------------------------------- a full disk anywhere
+
+NO_SPACE = "no space left on the device. Free some space"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KB tmpfs where this machine lets the test mount one (root in a container)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the simulated ENOSPC tests below cover the messages")
+    yield where
+    subprocess.run(["umount", str(where)], capture_output=True)
+
+
+def test_a_real_full_disk_during_checkpoints_gives_the_documented_line(small_tmpfs, tiny_bert_dir,
+                                                                      write_recipe):
+    recipe = write_recipe(ner_recipe(str(tiny_bert_dir), epochs=1))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(small_tmpfs / "run")])
+    assert result.exit_code == 1, result.output
+    assert NO_SPACE in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["weights", "result"])
+def test_a_full_disk_during_the_final_save_gives_the_documented_line(tmp_path, tiny_bert_dir,
+                                                                     write_recipe, monkeypatch,
+                                                                     where):
+    import peftkit.rundir as rundir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "weights":
+        monkeypatch.setattr(rundir.weight_files, "seal", full)
+    else:
+        real = os.replace
+        monkeypatch.setattr(rundir.os, "replace", lambda s, d: full() if str(d).endswith(
+            "result.json") else real(s, d))
+    recipe = write_recipe(ner_recipe(str(tiny_bert_dir), epochs=1, save_steps=100))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert NO_SPACE in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "adapter.tmp").exists()  # nothing half-written left to fill it
+
+
+def test_tokenizers_reporting_a_full_disk_is_the_documented_line():
+    with pytest.raises(PeftkitError, match=NO_SPACE):
+        with disk_errors(Path("/runs/x")):
+            raise Exception("No space left on device (os error 28)")  # tokenizers' own words

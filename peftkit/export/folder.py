@@ -16,7 +16,7 @@ import re
 import shutil
 from pathlib import Path
 
-from peftkit.errors import PeftkitError, UsageError
+from peftkit.errors import PeftkitError, UsageError, write_error
 
 META = "peftkit.json"
 MERGED, ADAPTER = "merged", "adapter"  # the two kinds of folder (peftkit.json "kind")
@@ -69,7 +69,7 @@ def staged(out: Path):
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
-        raise PeftkitError(f"cannot create {tmp}: {exc.strerror}") from None
+        raise write_error(tmp, exc) from None
     try:
         yield tmp
         publish(tmp, out)
