@@ -96,3 +96,14 @@ def test_a_damaged_model_folder_is_named_at_validation(tmp_path, recipe, tiny_be
     result = validate(recipe, f"model.name={model}")
     assert result.exit_code == 2, result.output
     assert says in result.output
+
+
+def test_random_bytes_are_called_binary_not_latin_1(tmp_path, recipe):
+    import random
+
+    data = tmp_path / "noise.conll"
+    rng = random.Random(0)
+    data.write_bytes(bytes(rng.randrange(256) for _ in range(3000)))
+    result = CliRunner().invoke(main, ["validate", str(recipe), f"data.name={data}"])
+    assert result.exit_code == 2, result.output
+    assert "a binary file, not text" in result.output and "Latin-1" not in result.output
