@@ -65,7 +65,7 @@ def read(recipe, problems: list[str]) -> ModelFacts | None:
 
     try:
         source = model_source(recipe)
-    except LookupError:
+    except (LookupError, OSError, ValueError):
         return None  # check_model_name reported it
     folder = Path(source.path)
     if source.gguf_file:

@@ -565,7 +565,11 @@ def check_against_model(recipe: Recipe, problems: list[str]) -> None:
     """Values that must fit the base model, read from its config.json (no weights loaded)."""
     from peftkit import model_facts
 
-    facts = model_facts.read(recipe, problems)
+    try:
+        facts = model_facts.read(recipe, problems)
+    except OSError as exc:  # an unreadable folder: loading names it; validation stays one screen
+        problems.append(f"model.name: cannot read {exc.filename or recipe.model.name}: {exc.strerror}")
+        return
     if facts is None:
         return
     positions = facts.max_positions

@@ -569,7 +569,7 @@ def small_tmpfs(tmp_path):
     if mounted.returncode != 0:
         pytest.skip("cannot mount a tmpfs here; the simulated ENOSPC tests below cover the messages")
     yield where
-    subprocess.run(["umount", str(where)], capture_output=True)
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)  # lazy: a log file may be open
 
 
 def test_a_real_full_disk_during_checkpoints_gives_the_documented_line(small_tmpfs, tiny_bert_dir,
