@@ -10,7 +10,8 @@
 
 Everything a run needs to continue bit-for-bit lives in `checkpoints/checkpoint-N/`: the Trainer
 writes weights, optimizer, scheduler and RNG states and (last) trainer_state.json; we add
-`peftkit_state.pt`.
+`peftkit_state.pt`, then SHA256SUMS of every binary file (written last: a checkpoint without
+it, or whose files differ from it, is not resumed from).
 """
 
 from __future__ import annotations
@@ -99,13 +100,24 @@ class NonFiniteGuard(TrainerCallback):
     written: the last checkpoint on disk stays the last good one. Weights are scanned only at steps
     that log, evaluate, save or end training (NaN weights stay NaN, so nothing is missed)."""
 
+    BAD_GRADIENT_LOGS = 3  # one overflowing batch can be noise; three logs in a row diverge
+
     def __init__(self, learning_rate: float):
         self.learning_rate = learning_rate
+        self.bad_gradients = 0  # consecutive logs with a NaN/inf gradient norm
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             self.fail(args, state, f"the training loss is {loss}")
+        # The norm before clipping. An infinite one is clipped to a zero update, so the weights
+        # never go NaN and the run "trains" on (issue 17: alpha=1e30, grad_norm Infinity, exit 0)
+        norm = (logs or {}).get("grad_norm")
+        if isinstance(norm, float):
+            self.bad_gradients = 0 if math.isfinite(norm) else self.bad_gradients + 1
+        if self.bad_gradients >= self.BAD_GRADIENT_LOGS:
+            self.fail(args, state, f"the gradient norm was {norm} at {self.bad_gradients} logged "
+                                   "steps in a row (no update was applied)")
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         self.check(args, state, control, model)
@@ -176,7 +188,7 @@ class CheckpointExtras(TrainerCallback):
         if state.is_world_process_zero:
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             save_extras(folder, self.strategy, model)
-            readable_weights(folder)
+            seal_checkpoint(folder)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.last_saved = state.global_step
@@ -188,13 +200,12 @@ class CheckpointExtras(TrainerCallback):
             self.set_aside = self.strategy.set_aside_for_checkpoint(model)
 
 
-def readable_weights(folder: Path) -> None:
-    """safetensors writes the checkpoint's weights 0600; make them 0644 like its other files."""
-    from peftkit.weight_files import file_mode, weight_files
+def seal_checkpoint(folder: Path) -> None:
+    """0644 weights and SHA256SUMS, written last: --resume trusts only a checkpoint whose every
+    weight, optimizer and RNG file still matches it (peftkit.resume)."""
+    from peftkit import rundir
 
-    mode = file_mode()
-    for path in weight_files(folder):
-        os.chmod(path, mode)
+    rundir.seal_weights(folder)
 
 
 def save_extras(folder: Path, strategy, model) -> None:
@@ -270,3 +281,70 @@ class SignalStop(TrainerCallback):
                 f"stopped by {signal.Signals(self.signum).name} at step {state.global_step} of "
                 f"{state.max_steps}; checkpoint written to {folder}. Run the same command with "
                 "--resume to continue.", self.signum)
+
+
+# ---------------------------------------------------------------- books across interruptions
+
+class RunTotals(TrainerCallback):
+    """The run's totals (loss summed over every optimizer step, training seconds, real and padded
+    tokens), carried through checkpoints so that a resumed run's result.json describes the whole
+    run, not its last part (issue 17: after kill -9 train_loss covered only the resumed steps; after
+    a kill during the final save it was 0.0). Each checkpoint gets `peftkit_totals-<rank>.json`.
+
+    The loss is summed here, one float per training_step in step order, the same additions in an
+    uninterrupted and a resumed run, so both end with the same number."""
+
+    def __init__(self, counter, rank: int = 0):
+        self.counter = counter  # peftkit.train.TokenCounter of this process
+        self.file = f"peftkit_totals-{rank}.json"
+        self.loss_sum = self.seconds_before = 0.0
+        self.real_before = self.slots_before = 0
+        self.started = None
+        self.resume_from: str | None = None  # set by train.run_training
+
+    def attach(self, trainer) -> "RunTotals":
+        """Wrap trainer.training_step: the one place every step's loss passes through."""
+        step = trainer.training_step
+
+        def counted(*args, **kwargs):
+            loss = step(*args, **kwargs)
+            self.loss_sum += float(loss)
+            return loss
+
+        trainer.training_step = counted
+        # first in line: its file is in the checkpoint before CheckpointExtras seals it
+        trainer.callback_handler.callbacks.insert(0, self)
+        return self
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.started = time.perf_counter()
+        saved = Path(self.resume_from) / self.file if self.resume_from else None
+        if saved is not None and saved.is_file():
+            import json
+
+            books = json.loads(saved.read_text(encoding="utf-8"))
+            self.loss_sum, self.seconds_before = books["loss_sum"], books["seconds"]
+            self.real_before, self.slots_before = books["real_tokens"], books["token_slots"]
+
+    def on_save(self, args, state, control, **kwargs):
+        import json
+
+        folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        record = {"step": state.global_step, "loss_sum": self.loss_sum, "seconds": self.seconds(),
+                  "real_tokens": self.real(), "token_slots": self.slots()}
+        tmp = folder / (self.file + ".tmp")
+        tmp.write_text(json.dumps(record), encoding="utf-8")
+        os.replace(tmp, folder / self.file)
+
+    def seconds(self) -> float:
+        import time
+
+        return self.seconds_before + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def real(self) -> int:
+        return self.real_before + self.counter.real
+
+    def slots(self) -> int:
+        return self.slots_before + self.counter.slots

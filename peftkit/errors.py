@@ -38,3 +38,20 @@ class DataError(PeftkitError):
     """The data set cannot be read or does not fit the task; names the file, line or column."""
 
     exit_code = 2
+
+
+# A full disk (and its cousins) gets one documented line wherever peftkit writes (issue 17: a
+# traceback from the tokenizers library when a checkpoint filled the disk).
+DISK_ERRNOS = {28: "no space left on the device", 122: "disk quota exceeded",   # ENOSPC, EDQUOT
+               13: "permission denied", 1: "operation not permitted",           # EACCES, EPERM
+               30: "read-only file system"}                                     # EROFS
+
+
+def write_error(path, exc: OSError) -> PeftkitError:
+    """`cannot write <path>: no space left on the device. Free some space ...` for the disk
+    errnos; the system's own words for anything else."""
+    where = exc.filename or path
+    if exc.errno in DISK_ERRNOS:
+        return PeftkitError(f"cannot write {where}: {DISK_ERRNOS[exc.errno]}. Free some space or "
+                            "point output.dir (or --out) at a writable folder")
+    return PeftkitError(f"cannot write {where}: {exc.strerror or exc}")

@@ -81,6 +81,9 @@ def resolve_model(name: str, gguf_file: str | None = None, base_dir: Path | None
         return ModelSource(str(local.resolve()), gguf_file, "folder", str(local))
     if local.suffix == ".gguf" and local.is_file():
         return ModelSource(str(local.resolve().parent), local.name, "gguf", str(local))
+    if local.is_file():
+        raise LookupError(f"model {name!r} is a file, not a model folder (with config.json) or a "
+                          ".gguf file; point model.name at the folder that holds it")
     looks_like_path = name.startswith((".", "/", "~")) or local.suffix == ".gguf" or name.count("/") > 1
     if looks_like_path or not HUB_ID.match(name):
         raise LookupError(f"model {name!r} not found: no such folder or file, and not a hub id. "

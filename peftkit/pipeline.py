@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -27,8 +26,8 @@ from peftkit.quantization import memory_footprint
 from peftkit.resume import check_same_recipe, checkpoint_to_resume
 from peftkit.strategies.base import ApplyContext, count_parameters
 from peftkit.tasks import get_task
-from peftkit.train import (TokenCounter, build_trainer, early_stopping_record, resolve_precision,
-                           run_training, total_train_steps)
+from peftkit.train import (TokenCounter, build_trainer, disk_errors, early_stopping_record,
+                           resolve_precision, run_training, total_train_steps)
 
 
 def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
@@ -48,7 +47,8 @@ def run_recipe(recipe, *, run_dir: Path | None = None, overwrite: bool = False,
         state, checkpoint = distributed.main_first(claim_and_prepare)
         if state == "finished":  # --resume of a run that already finished: nothing to train
             return distributed.main_first(lambda: rundir.finished_result(run_dir))
-        return train_in(run_dir, recipe, checkpoint, callbacks)
+        with disk_errors(run_dir):  # a full disk anywhere: the one documented line
+            return train_in(run_dir, recipe, checkpoint, callbacks)
     finally:
         for lock in held:
             lock.release()
@@ -187,7 +187,8 @@ def settle_learning_rate(parts: Build, run_dir: Path):
 def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None,
                    extra_callbacks: tuple = ()) -> dict:
     """Train with the one Trainer path, evaluate on test, save the weights: (result, tracker)."""
-    from peftkit.health_watch import HealthWatch   # a TrainerCallback: transformers stays lazy
+    from peftkit.callbacks import RunTotals         # TrainerCallbacks: transformers stays lazy
+    from peftkit.health_watch import HealthWatch
 
     task, strategy = parts.task, parts.strategy
     model, callbacks = parts.fresh_model()
@@ -200,11 +201,11 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None,
     distributed.check_engine(trainer, strategy)  # FSDP / DeepSpeed from an accelerate config
     tracker = tracking.start(trainer, recipe, run_dir)  # report_to: logs inside the run folder
     counter = TokenCounter(trainer.model)  # real vs padded tokens of the training batches
-    start = time.perf_counter()
-    train_out = run_training(trainer, checkpoint, run_dir)  # + signals, disk errors
-    train_seconds = time.perf_counter() - start
+    totals = RunTotals(counter, env.rank()).attach(trainer)  # across interruptions
+    run_training(trainer, checkpoint, run_dir)  # + signals, disk errors
+    train_seconds = totals.seconds()
     counter.remove()
-    real, slots = distributed.all_sum([counter.real, counter.slots])  # every process's batches
+    real, slots = distributed.all_sum([totals.real(), totals.slots()])  # every process's batches
     test_metrics = task.evaluate(trainer, parts.encoded["test"], recipe, parts.labels, "test", run_dir)
 
     result = {
@@ -218,8 +219,8 @@ def train_and_test(recipe, parts: Build, run_dir: Path, checkpoint: str | None,
         "trainable_params": trainable, "total_params": total,
         "trainable_percent": 100.0 * trainable / total,
         "train_seconds": train_seconds, "train_steps": trainer.state.global_step,
-        "train_loss": train_out.training_loss,
-        "train_tokens_per_second": real / train_seconds,
+        "train_loss": totals.loss_sum / max(1, trainer.state.global_step),
+        "train_tokens": real, "train_tokens_per_second": real / train_seconds,
         "train_padding_fraction": 1.0 - real / slots if slots else 0.0,
         "peak_memory_mb": peak_memory_mb(), "model_memory_mb": model_memory_mb,
         "world_size": env.world_size(),

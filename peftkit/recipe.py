@@ -299,7 +299,8 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dic
     raw = copy.deepcopy(raw)
     if isinstance(raw.get("strategy"), str):  # `strategy: lora` + strategy.r=16
         raw["strategy"] = {"name": raw["strategy"]}
-    for item in overrides:
+    # strategy.name first: switching strategy replaces the section, then its keys apply on top
+    for item in sorted(overrides, key=lambda o: o.partition("=")[0].strip() != "strategy.name"):
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
@@ -309,6 +310,12 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dic
             value = yaml.safe_load(text)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError, RecursionError):
             value = text
+        if len(parts) == 1 and value is None and parts[0] in (*SECTIONS, "strategy"):
+            problems.append(f"override {item!r}: would silently reset the whole {parts[0]} section "
+                            f"to its defaults; set its keys one by one ({parts[0]}.<key>=...)")
+            continue
+        if parts == ["strategy", "name"] and switches_strategy(raw.get("strategy"), value):
+            raw["strategy"] = {}  # the old strategy's keys mean nothing to the new one
         node = raw
         for i, part in enumerate(parts[:-1]):
             child = node.get(part)
@@ -321,6 +328,11 @@ def apply_overrides(raw: dict, overrides: list[str], problems: list[str]) -> dic
         else:
             node[parts[-1]] = value
     return raw
+
+
+def switches_strategy(section: Any, name: Any) -> bool:
+    current = section.get("name", DEFAULT_STRATEGY) if isinstance(section, dict) else None
+    return isinstance(section, dict) and current != name
 
 
 def build_section(path: str, cls: type, raw: Any, problems: list[str]):
@@ -378,7 +390,11 @@ def check_value(path: str, value: Any, f: dataclasses.Field, tp, problems: list[
     ok, value = coerce(value, tp)
     if not ok:
         problems.append(f"{path}: expected {describe(tp)}, got {short(value)} "
-                        f"({type_name(value)}){help_of(f)}")
+                        f"({value_kind(value)}){help_of(f)}")
+        return default
+    if value == [] and f.metadata.get("nonempty"):
+        problems.append(f"{path}: an empty list names nothing (it would silently mean the "
+                        f"default); list at least one, or leave the key out{help_of(f)}")
         return default
     if isinstance(value, float) and not math.isfinite(value):
         problems.append(f"{path}: {short(raw)} is not a finite number{help_of(f)}")
@@ -473,6 +489,19 @@ def type_name(value: Any) -> str:
             int: "an integer", float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
 
 
+def value_kind(value: Any) -> str:
+    """type_name, but YAML 1.1's strings that are numbers (1e9) are called what they look like."""
+    try:
+        number = float(value) if isinstance(value, (str, float)) else None
+    except ValueError:
+        number = None
+    if number is None:
+        return type_name(value)
+    if number.is_integer():
+        return "a number written as a decimal or with an exponent; write an integer as digits"
+    return "a number with a fraction"
+
+
 def unknown_key(key: str, allowed: list[str], path: str | None = None) -> str:
     dotted = f"{path}.{key}" if path else key
     return f"{dotted}: unknown key{did_you_mean(key, allowed)}; allowed: {', '.join(allowed)}"
@@ -509,6 +538,9 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
     if recipe.task == "causal-lm" and recipe.model.name == "minilm-l6":
         problems.append("model.name: minilm-l6 is an encoder and cannot generate; "
                         "use smollm2-135m or another decoder for task causal-lm")
+    from peftkit.tasks import get_task  # torch-free: a task's facts, not its model code
+
+    get_task(recipe.task).check_metric(recipe.eval.metric, problems)
     if not check_paths:
         return
     for name in recipe.train.report_to:
@@ -527,3 +559,23 @@ def check_recipe(recipe: Recipe, problems: list[str], check_paths: bool = True) 
         except (OSError, ValueError) as exc:  # NUL bytes, names longer than the OS allows
             problems.append(f"{key}: not a usable name or path ({type(exc).__name__}: "
                             f"{str(exc)[:100]})")
+    check_against_model(recipe, problems)
+
+
+def check_against_model(recipe: Recipe, problems: list[str]) -> None:
+    """Values that must fit the base model, read from its config.json (no weights loaded)."""
+    from peftkit import model_facts
+
+    try:
+        facts = model_facts.read(recipe, problems)
+    except OSError as exc:  # an unreadable folder: loading names it; validation stays one screen
+        problems.append(f"model.name: cannot read {exc.filename or recipe.model.name}: {exc.strerror}")
+        return
+    if facts is None:
+        return
+    positions = facts.max_positions
+    if positions and recipe.data.max_length > positions:
+        problems.append(f"data.max_length: {recipe.data.max_length} is more than the model's "
+                        f"{positions} positions (max_position_embeddings in its config.json); "
+                        f"set data.max_length <= {positions}")
+    recipe.strategy.check_model(facts, problems)

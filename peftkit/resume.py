@@ -29,10 +29,11 @@ def checkpoint_to_resume(run_dir: Path, recipe=None) -> str | None:
     run_dir = Path(run_dir)
     if recipe is not None:
         check_same_recipe(run_dir, recipe)
-    complete = rundir.complete_checkpoints(run_dir)
-    if not complete:
+    chosen = newest_verified(run_dir)
+    if chosen is None:
+        print(f"note: {run_dir} has no checkpoint that can be trusted; starting the run again")
+        rundir.remove_stale(run_dir)
         return None
-    chosen = complete[-1]
     for partial in rundir.all_checkpoints(run_dir):
         if rundir.checkpoint_step(partial) > rundir.checkpoint_step(chosen):
             print(f"note: removing incomplete checkpoint {partial} (the run stopped while "
@@ -41,6 +42,20 @@ def checkpoint_to_resume(run_dir: Path, recipe=None) -> str | None:
     truncate_metrics(run_dir / rundir.METRICS, rundir.checkpoint_step(chosen))
     print(f"resuming from {chosen}")
     return str(chosen)
+
+
+def newest_verified(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint whose files match its SHA256SUMS; the newer ones that do
+    not are named, removed, and fallen back from (issue 17: a truncated checkpoint gave a
+    traceback on --resume)."""
+    for folder in reversed(rundir.complete_checkpoints(run_dir)):
+        problem = rundir.checkpoint_problem(folder)
+        if problem is None:
+            return folder
+        print(f"note: not resuming from {folder.name}: {problem}; removing it and falling back "
+              "to the checkpoint before")
+        shutil.rmtree(folder, ignore_errors=True)
+    return None
 
 
 def truncate_metrics(path: Path, step: int) -> None:
@@ -56,9 +71,14 @@ def truncate_metrics(path: Path, step: int) -> None:
         except ValueError:
             continue
         if isinstance(record, dict) and record.get("step", 0) <= step \
-                and "train_runtime" not in record:
+                and "train_runtime" not in record and not is_test_log(record):
             kept.append(line)
     rundir.atomic_write_text(path, "".join(f"{line}\n" for line in kept))
+
+
+def is_test_log(record: dict) -> bool:
+    """The final test evaluation's line: a resumed run logs it again (issue 17: it was twice)."""
+    return any(str(k).startswith("test_") for k in record)
 
 
 def check_same_recipe(run_dir: Path, recipe) -> None:

@@ -32,7 +32,8 @@ marker existed is "not a run" here: peftkit still reads it (predict, eval, merge
 deletes or cleans it; delete it by hand to reuse the name. While a run writes, it holds LOCK
 (`.peftkit-lock`, peftkit.folder_lock): a second writer is refused, naming the first one's pid.
 
-A checkpoint is complete once the Trainer has written its trainer_state.json (its last file).
+A checkpoint is complete once the Trainer has written its trainer_state.json, and resumable once
+peftkit has sealed it (SHA256SUMS, written last) and its files still match.
 Torch-free at import time.
 """
 
@@ -45,7 +46,7 @@ import shutil
 from pathlib import Path
 
 from peftkit import weight_files
-from peftkit.errors import PeftkitError, UsageError
+from peftkit.errors import DISK_ERRNOS, PeftkitError, UsageError, write_error
 from peftkit.folder_lock import FolderLock
 
 RESULT, RECIPE, LABELS, METRICS = "result.json", "recipe.yaml", "labels.json", "metrics.jsonl"
@@ -198,6 +199,8 @@ def make_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
+        if exc.errno in DISK_ERRNOS:
+            raise write_error(run_dir, exc) from None
         raise PeftkitError(f"cannot create run folder {run_dir}: {exc.strerror}") from None
 
 
@@ -237,6 +240,17 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     return [c for c in all_checkpoints(run_dir) if is_complete(c)]
 
 
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why a complete checkpoint cannot be resumed from (None: its files match its manifest)."""
+    if not (folder / CHECKSUMS).is_file():
+        return f"it has no {CHECKSUMS} (cut short before it was sealed, or older than peftkit's checks)"
+    try:
+        weight_files.verify(folder, CHECKSUMS)
+    except PeftkitError as exc:
+        return str(exc)
+    return None
+
+
 # ---------------------------------------------------------------- writing
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -247,7 +261,7 @@ def atomic_write_text(path: Path, text: str) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise PeftkitError(f"cannot write {path}: {exc.strerror}") from None
+        raise write_error(path, exc) from None
 
 
 def write_json(path: Path, data) -> None:
@@ -279,7 +293,8 @@ def save_weights(run_dir: Path, strategy, model, tokenizer, labels, cfg=None, wr
             shutil.rmtree(final)
         os.replace(tmp, final)
     except OSError as exc:
-        raise PeftkitError(f"cannot save weights to {final}: {exc.strerror}") from None
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written copy would only fill the disk more
+        raise write_error(final, exc) from None
     write_json(run_dir / LABELS, labels)
     return final
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from peftkit import output, rundir
 from peftkit.env import cpu_has_fast_bf16
-from peftkit.errors import PeftkitError
+from peftkit.errors import DISK_ERRNOS, PeftkitError, write_error
 from peftkit.tasks.base import IGNORE
 
 
@@ -281,11 +281,11 @@ class TokenCounter:
 def run_training(trainer, checkpoint: str | None, run_dir: Path):
     """trainer.train with peftkit's signal handling and disk errors turned into PeftkitErrors;
     `checkpoint`: the one to resume from (peftkit.resume.checkpoint_to_resume), or None."""
-    from peftkit.callbacks import CheckpointExtras, SignalStop
+    from peftkit.callbacks import CheckpointExtras, RunTotals, SignalStop
 
     stop = None
     for cb in trainer.callback_handler.callbacks:
-        if isinstance(cb, CheckpointExtras):
+        if isinstance(cb, (CheckpointExtras, RunTotals)):
             cb.resume_from = checkpoint
         if isinstance(cb, SignalStop):
             stop = cb
@@ -298,12 +298,8 @@ def _nothing():
     yield
 
 
-DISK_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
-               errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-               errno.EROFS: "read-only file system"}
-
-
 TORCH_WRITE_ERRORS = ("PytorchStreamWriter", "inline_container", "file write failed")
+NO_SPACE = "No space left on device"  # how tokenizers (Rust: "os error 28") reports ENOSPC
 
 
 @contextmanager
@@ -314,10 +310,12 @@ def disk_errors(where: Path):
     except OSError as exc:
         if exc.errno not in DISK_ERRNOS:
             raise
-        raise PeftkitError(f"cannot write {exc.filename or where}: {DISK_ERRNOS[exc.errno]}. "
-                           "Free some space or point output.dir (or --out) at a writable "
-                           "folder") from None
-    except RuntimeError as exc:
+        raise write_error(where, exc) from None
+    except Exception as exc:  # noqa: BLE001 - tokenizers' Rust errors are plain Exceptions
+        if NO_SPACE in str(exc):
+            raise write_error(where, OSError(errno.ENOSPC, NO_SPACE)) from None
+        if not isinstance(exc, RuntimeError):
+            raise
         # torch.save reports a failed write as a RuntimeError from its zip writer, without errno
         text = str(exc)
         if not any(k in text for k in TORCH_WRITE_ERRORS):

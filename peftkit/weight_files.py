@@ -16,7 +16,7 @@ import hashlib
 import os
 from pathlib import Path, PurePosixPath
 
-from peftkit.errors import PeftkitError, UsageError
+from peftkit.errors import UsageError, write_error
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 
@@ -48,7 +48,7 @@ def seal(folder: Path, manifest: str) -> None:
             lines.append(f"{sha256(path)}  {path.relative_to(folder).as_posix()}\n")
         (folder / manifest).write_text("".join(lines), encoding="utf-8")
     except OSError as exc:
-        raise PeftkitError(f"cannot seal the weights in {folder}: {exc.strerror}") from None
+        raise write_error(folder / manifest, exc) from None
 
 
 def verify(folder: Path, manifest: str) -> bool:

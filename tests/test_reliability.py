@@ -22,7 +22,7 @@ import peftkit.callbacks
 from peftkit.cli import main
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.resume import checkpoint_to_resume, truncate_metrics
-from peftkit.rundir import make_run_dir, prepare
+from peftkit.rundir import make_run_dir, prepare, seal_weights
 from peftkit.train import disk_errors
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,6 +99,14 @@ def test_run_killed_with_sigkill_resumes_to_identical_metrics(tmp_path, tiny_ber
     assert test_metrics(victim_dir) == test_metrics(ref_dir)
     assert loss_steps(victim_dir) == loss_steps(ref_dir)  # every step once, same losses
     assert [s for s, _ in loss_steps(victim_dir)] == list(range(1, 33))
+    assert run_totals(victim_dir) == run_totals(ref_dir)  # the books cover the whole run
+
+
+def run_totals(run_dir: Path) -> dict:
+    """What result.json says of the whole training (not the timing: that is the machine's)."""
+    result = json.loads((run_dir / "result.json").read_text())
+    return {k: result[k] for k in ("train_loss", "train_steps", "train_tokens",
+                                   "train_padding_fraction")}
 
 
 def kill_when(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
@@ -213,7 +221,10 @@ def fake_checkpoint(run: Path, step: int, complete: bool = True) -> Path:
     folder = run / "checkpoints" / f"checkpoint-{step}"
     folder.mkdir(parents=True)
     state = '{"global_step": %d}' % step if complete else '{"glob'  # cut short by a kill
+    (folder / "optimizer.pt").write_bytes(b"state of step %d" % step)
     (folder / "trainer_state.json").write_text(state)
+    if complete:
+        seal_weights(folder)  # as CheckpointExtras.on_save leaves every checkpoint
     return folder
 
 
@@ -328,7 +339,7 @@ def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(Path, "write_text", full)
-    with pytest.raises(PeftkitError, match=r"cannot write .*result.json: No space left"):
+    with pytest.raises(PeftkitError, match=r"cannot write .*result.json(.tmp)?: no space left on the device"):
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json"]
@@ -376,3 +387,222 @@ def test_remote_code_runs_only_when_the_recipe_says_so():
     assert hub_kwargs(source, default)["trust_remote_code"] is False
     allowed = build_recipe({"model": {"name": "minilm-l6", "trust_remote_code": True}})
     assert hub_kwargs(source, allowed)["trust_remote_code"] is True
+
+
+# ---------------------------------------------------------------- corrupt checkpoints (issue 17)
+
+@pytest.mark.parametrize("damage", ["truncated", "unsealed"])
+def test_resume_falls_back_to_the_newest_verified_checkpoint(tmp_path, capsys, damage):
+    run = tmp_path / "run"
+    fake_checkpoint(run, 5)
+    newest = fake_checkpoint(run, 10)
+    if damage == "truncated":
+        (newest / "optimizer.pt").write_bytes(b"state")  # a copy cut short, a full disk
+    else:
+        (newest / "SHA256SUMS").unlink()  # killed after the Trainer's files, before the seal
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "loss": 1.0}) + "\n"
+                                               for s in range(1, 11)))
+    assert checkpoint_to_resume(run) == str(run / "checkpoints" / "checkpoint-5")
+    out = capsys.readouterr().out
+    assert "not resuming from checkpoint-10" in out and "falling back" in out
+    assert not newest.exists()
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] \
+        == [1, 2, 3, 4, 5]
+
+
+def test_with_no_trustworthy_checkpoint_the_run_starts_again(tmp_path, capsys):
+    run = tmp_path / "run"
+    (fake_checkpoint(run, 5) / "optimizer.pt").write_bytes(b"flipped")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    assert checkpoint_to_resume(run) is None
+    assert "starting the run again" in capsys.readouterr().out
+    assert not (run / "checkpoints").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_a_resumed_final_save_does_not_log_the_test_line_twice(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 8, "loss": 1.0}\n{"step": 8, "test_loss": 0.5, "test_f1": 0.2}\n')
+    truncate_metrics(path, 8)
+    assert path.read_text() == '{"step": 8, "loss": 1.0}\n'
+
+
+def test_leftovers_of_a_killed_merge_are_cleared_on_the_next_start(tmp_path, capsys):
+    from peftkit.export.folder import staged
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    out = tmp_path / "merged"
+    partial = tmp_path / f".merged.partial-{dead}"
+    (partial / "sub").mkdir(parents=True)
+    (partial / "model.safetensors").write_bytes(b"x" * 1000)
+    set_aside = tmp_path / f".merged.old-{dead}"  # killed between publish's two renames
+    set_aside.mkdir()
+    (set_aside / "peftkit.json").write_text("{}")
+    running = tmp_path / f".merged.partial-{os.getppid()}"  # a merge still running: not touched
+    running.mkdir()
+    mine = tmp_path / ".mine.partial-1"  # another output's name: not touched
+    mine.mkdir()
+    with staged(out) as tmp:
+        assert not partial.exists()
+        assert (out / "peftkit.json").is_file()  # the previous result was put back first
+        (tmp / "peftkit.json").write_text('{"new": 1}')
+    assert (out / "peftkit.json").read_text() == '{"new": 1}'
+    assert running.exists() and mine.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [".mine.partial-1", f".merged.partial-{os.getppid()}", "merged"])
+    assert "removed" in capsys.readouterr().out
+
+
+def overflow_gradients():
+    """A callback that makes the gradients' norm overflow (finite values, infinite norm), as an
+    absurd LoRA alpha did: clipping then zeroes every update and the weights never go NaN."""
+    from transformers import TrainerCallback
+
+    class Overflow(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda g: g * 3e38)
+
+    return Overflow()
+
+
+def test_gradients_that_stay_infinite_stop_the_run(tmp_path, tiny_bert_dir, monkeypatch,
+                                                   write_recipe):
+    guards = peftkit.callbacks.guard_callbacks
+    monkeypatch.setattr(peftkit.callbacks, "guard_callbacks",
+                        lambda r: [*guards(r), overflow_gradients()])
+    raw = ner_recipe(str(tiny_bert_dir), epochs=1, save_steps=100)
+    result = CliRunner().invoke(main, ["run", str(write_recipe(raw)), "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2, result.output
+    assert "diverged at step 3" in result.output and "gradient norm was inf" in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "result.json").exists()
+
+
+# ---------------------------------------------------------------- kills during the final save
+
+# Run in a child process: `python -c KILLER <cut point> run ...` SIGKILLs itself at that point of
+# the final save (after training and the test evaluation), a real kill -9 at an exact place.
+KILLER = """
+import os, signal, sys
+point = sys.argv.pop(1)
+import peftkit.pipeline as pipeline, peftkit.rundir as rundir
+
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+def kill_if(test, real):
+    return lambda *a, **k: die() if test(*a) else real(*a, **k)
+
+if point == "weights-unsealed":  # adapter.tmp written, SHA256SUMS not yet
+    rundir.weight_files.seal = kill_if(lambda f, m: str(f).endswith(".tmp"), rundir.weight_files.seal)
+if point == "before-labels":     # adapter/ in place, labels.json not yet
+    rundir.write_json = kill_if(lambda p, d: p.name == "labels.json", rundir.write_json)
+if point == "before-card":       # labels written, adapter config / model card not yet
+    pipeline.describe_run_weights = die
+if point == "result-unrenamed":  # result.json.tmp written, not yet renamed
+    os.replace = kill_if(lambda s, d: str(d).endswith("result.json"), os.replace)
+from peftkit.cli import main
+main(args=sys.argv[1:])
+"""
+TIMING_KEYS = ("train_seconds", "train_tokens_per_second", "peak_memory_mb", "run_dir", "test")
+
+
+def stable_result(run_dir: Path) -> dict:
+    result = json.loads((run_dir / "result.json").read_text())
+    return {k: v for k, v in result.items() if k not in TIMING_KEYS}
+
+
+def folder_files(run_dir: Path) -> list[str]:
+    return sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")
+                  if p.is_file() and "checkpoints" not in p.parts and p.name not in ("run.log",))
+
+
+@pytest.mark.parametrize("point", ["weights-unsealed", "before-labels", "before-card",
+                                   "result-unrenamed"])
+def test_a_kill_at_any_point_of_the_final_save_resumes_to_the_same_files(
+        tmp_path, tiny_bert_dir, point, reference_run):
+    recipe, ref = reference_run
+    victim = tmp_path / "victim"
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    killed = subprocess.run([sys.executable, "-c", KILLER, point, "run", str(recipe), "--out",
+                             str(victim)], env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert not (victim / "result.json").exists()
+    resumed = CliRunner().invoke(main, ["run", str(recipe), "--out", str(victim), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert stable_result(victim) == stable_result(ref)
+    assert test_metrics(victim) == test_metrics(ref)
+    assert folder_files(victim) == folder_files(ref)
+    assert (victim / "adapter" / "SHA256SUMS").read_text() == (ref / "adapter" / "SHA256SUMS").read_text()
+    lines = [json.loads(x) for x in (victim / "metrics.jsonl").read_text().splitlines()]
+    assert sum("test_f1" in r for r in lines) == 1  # the test line once, not twice
+    assert loss_steps(victim) == loss_steps(ref)
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory, tiny_bert_dir):
+    """One uninterrupted run (16 steps) that every cut point is compared with."""
+    from peftkit.pipeline import run_recipe
+    from peftkit.recipe import load_recipe
+
+    where = tmp_path_factory.mktemp("final-save")
+    recipe = where / "ner.yaml"
+    recipe.write_text(yaml.safe_dump(ner_recipe(str(tiny_bert_dir), epochs=1)))
+    run_recipe(load_recipe(recipe), run_dir=where / "ref")
+    return recipe, where / "ref"
+
+
+# ---------------------------------------------------------------- a full disk anywhere
+
+NO_SPACE = "no space left on the device. Free some space"
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A real 64 KB tmpfs where this machine lets the test mount one (root in a container)."""
+    where = tmp_path / "small"
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(where)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here; the simulated ENOSPC tests below cover the messages")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)  # lazy: a log file may be open
+
+
+def test_a_real_full_disk_during_checkpoints_gives_the_documented_line(small_tmpfs, tiny_bert_dir,
+                                                                      write_recipe):
+    recipe = write_recipe(ner_recipe(str(tiny_bert_dir), epochs=1))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(small_tmpfs / "run")])
+    assert result.exit_code == 1, result.output
+    assert NO_SPACE in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("where", ["weights", "result"])
+def test_a_full_disk_during_the_final_save_gives_the_documented_line(tmp_path, tiny_bert_dir,
+                                                                     write_recipe, monkeypatch,
+                                                                     where):
+    import peftkit.rundir as rundir
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if where == "weights":
+        monkeypatch.setattr(rundir.weight_files, "seal", full)
+    else:
+        real = os.replace
+        monkeypatch.setattr(rundir.os, "replace", lambda s, d: full() if str(d).endswith(
+            "result.json") else real(s, d))
+    recipe = write_recipe(ner_recipe(str(tiny_bert_dir), epochs=1, save_steps=100))
+    result = CliRunner().invoke(main, ["run", str(recipe), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1, result.output
+    assert NO_SPACE in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "adapter.tmp").exists()  # nothing half-written left to fill it
+
+
+def test_tokenizers_reporting_a_full_disk_is_the_documented_line():
+    with pytest.raises(PeftkitError, match=NO_SPACE):
+        with disk_errors(Path("/runs/x")):
+            raise Exception("No space left on device (os error 28)")  # tokenizers' own words

@@ -40,11 +40,22 @@ def utf8_problem(path: Path, data: bytes | None = None,
         except UnicodeDecodeError as found:
             exc = found
     line = data[:exc.start].count(b"\n") + 1
+    if looks_binary(data):  # issue 17: random bytes were called "probably Latin-1"
+        return (f"{path}: a binary file, not text (NUL or control bytes in its first 8 KB); "
+                "point data.name (or data.*_file) at the text or data file you meant")
     # cp1252 rather than latin1: it decodes every Latin-1 letter the same, and also the curly
     # quotes and dashes (0x80-0x9f) that Windows editors write, which latin1 turns into controls
     return (f"{path}, line {line}: byte 0x{data[exc.start]:02x} is not UTF-8 (the file is probably "
             f"Windows-1252 or Latin-1); re-encode it, e.g. iconv -f cp1252 -t utf-8 "
             f"{Path(path).name} > fixed_{Path(path).name}")
+
+
+def looks_binary(data: bytes) -> bool:
+    """NUL bytes, or many control bytes other than tab/newline/CR/form feed: no text encoding
+    writes those."""
+    head = data[:8192]
+    controls = sum(1 for b in head if b < 32 and b not in (9, 10, 12, 13))
+    return b"\0" in head or controls > len(head) // 100
 
 
 def read_jsonl(path: Path):

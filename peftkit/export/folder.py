@@ -12,10 +12,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
-from peftkit.errors import PeftkitError, UsageError
+from peftkit.errors import PeftkitError, UsageError, write_error
 
 META = "peftkit.json"
 MERGED, ADAPTER = "merged", "adapter"  # the two kinds of folder (peftkit.json "kind")
@@ -64,15 +65,49 @@ def staged(out: Path):
     """
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    clear_leftovers(out)
     try:
         tmp.mkdir(parents=True)
     except OSError as exc:
-        raise PeftkitError(f"cannot create {tmp}: {exc.strerror}") from None
+        raise write_error(tmp, exc) from None
     try:
         yield tmp
         publish(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
+
+
+def clear_leftovers(out: Path) -> None:
+    """What a killed merge/export left beside `out` (issue 17: an 87 MB hidden .partial-* stayed
+    forever): a partial folder is removed; a previous result set aside just before the kill
+    (`.old-*` with `out` missing) is put back. Folders of a process still running are left."""
+    if not out.parent.is_dir():
+        return
+    for path in sorted(out.parent.iterdir()):
+        m = LEFTOVER.match(path.name)
+        if not m or m["name"] != out.name or not path.is_dir() or alive(int(m["pid"])):
+            continue
+        if m["kind"] == "old" and not out.exists():
+            os.replace(path, out)
+            print(f"note: put back {out} (an interrupted run had set it aside as {path.name})")
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        print(f"note: removed {path}, left by an interrupted merge or export (pid {m['pid']})")
+
+
+def alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # ours from an earlier call that failed: stale too
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def publish(tmp: Path, out: Path) -> None:

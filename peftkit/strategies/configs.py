@@ -8,7 +8,11 @@ settings class's `check(recipe, problems)`, called by `peftkit.recipe.check_reci
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
+
+MAX_ALPHA = 4096.0  # alpha / r scales the update: beyond this it only diverges (alpha=1e30: inf grads)
 
 
 def opt(default, help: str = "", **rules):
@@ -24,6 +28,46 @@ class Settings:
     def check(self, recipe, problems: list[str]) -> None:
         """Append what is wrong with these settings in `recipe` (the other sections) to problems."""
 
+    def check_model(self, facts, problems: list[str]) -> None:
+        """Append what does not fit the base model; `facts`: peftkit.model_facts.ModelFacts (its
+        config, and module names from a meta-device model: nothing is loaded)."""
+
+
+def check_rank(key: str, r: int, facts, problems: list[str]) -> None:
+    """A rank above the layer width adds parameters and no expressiveness (r=100000 trained 97.6%
+    of a model's parameters)."""
+    width = facts.hidden_size
+    if width and r > width:
+        problems.append(f"strategy.{key}: {r} is larger than the model's hidden size {width}; a "
+                        f"rank can be at most the layer width: choose {key} <= {width} (usually 4-64)")
+
+
+def check_targets(key: str, targets, facts, problems: list[str]) -> None:
+    """target_modules as peft matches them (a list: name suffixes; a string: a regular expression
+    matched against whole names) must match at least one module of the model."""
+    if targets is None or targets == "all-linear":
+        return
+    names = facts.module_names()
+    if names is None:
+        return
+    if isinstance(targets, str):
+        if not any(re.fullmatch(targets, n) for n in names):
+            problems.append(f"strategy.{key}: the pattern {targets!r} matches no module of the "
+                            f"model; {module_hint(names)}")
+        return
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+    for t in targets:
+        if not any(n == t or n.endswith("." + t) for n in names):
+            close = difflib.get_close_matches(t, leaves, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(f"strategy.{key}: {t!r} matches no module of the model{hint}; "
+                            f"{module_hint(names)}")
+
+
+def module_hint(names: list[str]) -> str:
+    leaves = sorted({n.rsplit(".", 1)[-1] for n in names if not n.rsplit(".", 1)[-1].isdigit()})
+    return f"module names in it: {', '.join(leaves[:24])}" + (" ..." if len(leaves) > 24 else "")
+
 
 @dataclass
 class FullConfig(Settings):
@@ -38,25 +82,30 @@ class FullConfig(Settings):
 
 @dataclass
 class LoraConfig(Settings):
-    r: int = opt(8, "rank of the update", min=1)
-    alpha: float = opt(16.0, "scaling numerator (scale = alpha / r)", gt=0)
+    r: int = opt(8, "rank of the update; at most the model's hidden size", min=1)
+    alpha: float = opt(16.0, "scaling numerator (scale = alpha / r)", gt=0, max=MAX_ALPHA)
     dropout: float = opt(0.1, "dropout on the LoRA input", min=0.0, max=1.0)
     target_modules: list[str] | str | None = opt(
-        None, "module names, 'all-linear', or null for the per-architecture default")
+        None, "module names, 'all-linear', or null for the per-architecture default", nonempty=True)
     use_dora: bool = opt(False, "weight-decomposed LoRA (DoRA)")
     use_rslora: bool = opt(False, "rank-stabilised scaling alpha / sqrt(r)")
     bias: str = opt("none", "which biases train", choices=["none", "all", "lora_only"])
     init: str = opt("default", "initialisation of the A/B matrices",
                     choices=["default", "gaussian", "pissa", "olora"])
 
+    def check_model(self, facts, problems: list[str]) -> None:
+        check_rank("r", self.r, facts, problems)
+        check_targets("target_modules", self.target_modules, facts, problems)
+
 
 @dataclass
 class AdaLoraConfig(Settings):
     init_r: int = opt(12, "starting rank of every adapted matrix", min=1)
     target_r: int = opt(8, "average rank left when the budget schedule ends", min=1)
-    alpha: float = opt(32.0, "scaling numerator", gt=0)
+    alpha: float = opt(32.0, "scaling numerator", gt=0, max=MAX_ALPHA)
     dropout: float = opt(0.1, "dropout on the input", min=0.0, max=1.0)
-    target_modules: list[str] | str | None = opt(None, "module names or null for the default")
+    target_modules: list[str] | str | None = opt(None, "module names or null for the default",
+                                                 nonempty=True)
     # below 1: a share of total_step (like train.warmup), so a recipe survives train.epochs overrides;
     # defaults follow the AdaLoRA paper's GLUE settings (SST-2: tinit 6000, tfinal 22000 of ~50k steps)
     tinit: float = opt(0.1, "warm-up before ranks are pruned: steps, or a share of steps if < 1", min=0.0)
@@ -74,6 +123,10 @@ class AdaLoraConfig(Settings):
             problems.append(f"strategy.target_r: {self.target_r} is larger than strategy.init_r "
                             f"{self.init_r}; AdaLoRA only prunes ranks")
 
+    def check_model(self, facts, problems: list[str]) -> None:
+        check_rank("init_r", self.init_r, facts, problems)
+        check_targets("target_modules", self.target_modules, facts, problems)
+
 
 @dataclass
 class AdapterConfig(Settings):
@@ -85,6 +138,21 @@ class AdapterConfig(Settings):
     train_layer_norms: bool = opt(False, "also train the layer norms next to the adapters")
     leave_out: list[int] = opt([], "layer indices that get no adapter")
     init_scale: float = opt(1e-3, "std of the down-projection init", min=0.0)
+
+    def check_model(self, facts, problems: list[str]) -> None:
+        layers, width = facts.num_layers, facts.hidden_size
+        if width and self.bottleneck_size and self.bottleneck_size > width:
+            problems.append(f"strategy.bottleneck_size: {self.bottleneck_size} is wider than the "
+                            f"model's hidden size {width}; a bottleneck must be narrower")
+        if not layers:
+            return
+        outside = sorted({i for i in self.leave_out if not 0 <= i < layers})
+        if outside:
+            problems.append(f"strategy.leave_out: {outside} are not layers of the model (it has "
+                            f"layers 0..{layers - 1})")
+        elif set(range(layers)) <= set(self.leave_out):
+            problems.append(f"strategy.leave_out: leaves out every one of the model's {layers} "
+                            "layers, so no adapter would train (only the task head); leave out fewer")
 
 
 @dataclass
@@ -103,8 +171,12 @@ class PrefixConfig(Settings):
 
 @dataclass
 class IA3Config(Settings):
-    target_modules: list[str] | str | None = opt(None, "module names or null for the default")
+    target_modules: list[str] | str | None = opt(None, "module names or null for the default",
+                                                 nonempty=True)
     feedforward_modules: list[str] | None = opt(None, "which targets are feed-forward layers")
+
+    def check_model(self, facts, problems: list[str]) -> None:
+        check_targets("target_modules", self.target_modules, facts, problems)
 
 
 @dataclass

@@ -17,6 +17,8 @@ class Task:
     peft_task_type: str = ""        # peft TaskType name
     head_names: list[str] = ["classifier", "score"]
     default_metric: str = ""
+    metric_names: tuple[str, ...] = ()     # what its test evaluation reports (eval.metric picks one)
+    metric_prefixes: tuple[str, ...] = ()  # families with a name per label (f1_PER)
     # (validation metric, higher is better) that early stopping follows and its best checkpoint
     # is chosen by: one the Trainer's evaluation computes during training
     selection_metric: tuple[str, bool] = ("loss", False)
@@ -25,6 +27,19 @@ class Task:
     # outnumbers its smallest this many times (None: never; see auto_class_weights)
     auto_balance_ratio: float | None = 4.0
     generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
+
+    def check_metric(self, metric: str | None, problems: list[str]) -> None:
+        """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""
+        if metric is None or metric in self.metric_names or metric.startswith(self.metric_prefixes):
+            return
+        import difflib
+
+        close = difflib.get_close_matches(metric, self.metric_names, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        families = "".join(f", {p}<label>" for p in self.metric_prefixes)
+        problems.append(f"eval.metric: {self.name} reports no {metric!r}{hint}; choose one of "
+                        f"{', '.join(self.metric_names)}{families}, or leave it out for "
+                        f"{self.default_metric}")
 
     def label_names(self, raw, recipe) -> list[str] | None:
         """The label list (index = class id), or None for tasks without labels."""

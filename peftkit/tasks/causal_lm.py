@@ -28,6 +28,7 @@ class CausalLM(Task):
     peft_task_type = "CAUSAL_LM"
     head_names: list[str] = []      # lm_head is pretrained: no new head to train in full
     default_metric = "bleu"
+    metric_names = ("bleu", "rougeL", "exact_match", "perplexity", "token_accuracy", "loss")
     selection_metric = ("loss", False)  # BLEU needs generation, which runs only on test
     columns = ("prompt", "target")
     auto_balance_ratio = None          # no classes

@@ -15,6 +15,7 @@ class SequenceClassification(Task):
     auto_class = "AutoModelForSequenceClassification"
     peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
+    metric_names = ("accuracy", "macro_f1", "mcc", "loss")
     selection_metric = ("accuracy", True)    # computed at every evaluation
     columns = ("text", "label")
 

@@ -22,6 +22,8 @@ class TokenClassification(Task):
     auto_class = "AutoModelForTokenClassification"
     peft_task_type = "TOKEN_CLS"
     default_metric = "f1"
+    metric_names = ("precision", "recall", "f1", "token_accuracy", "loss")
+    metric_prefixes = ("f1_",)
     selection_metric = ("f1", True)    # computed at every evaluation
     columns = ("tokens", "tags")
     # O outnumbers every entity tag in any NER set; weighing tags by inverse frequency would trade
