@@ -76,9 +76,11 @@ class DataSection:
     text_column: str = opt("sentence", "sequence-classification: first text")
     text_pair_column: str | None = opt(None, "sequence-classification: second text")
     label_column: str = opt("label", "sequence-classification: class label")
-    label_names: list[str] | None = opt(None, "sequence-classification: names of integer labels 0..N-1")
+    label_names: list[str] | None = opt(None, "sequence-classification: names of integer labels 0..N-1",
+                                        nonempty=True)
     labels: list[str] | None = opt(None, "the label set (classes, or NER entity types / tags); any "
-                                   "other label in the data is an error naming its file and line")
+                                   "other label in the data is an error naming its file and line",
+                                   nonempty=True)
     prompt_column: str = opt("mr", "causal-lm: the input the model is given")
     target_column: str = opt("ref", "causal-lm: the text the model should produce")
     template: str = opt("tokenizer", "causal-lm: how a prompt is written out: the tokenizer's chat "

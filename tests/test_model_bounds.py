@@ -35,6 +35,7 @@ BAD = [
     (["strategy.target_modules=[querry]"], "'querry' matches no module of the model (did you mean 'query'?)"),
     (["strategy.target_modules=nothing.*"], "the pattern 'nothing.*' matches no module"),
     (["strategy.target_modules=[]"], "strategy.target_modules: an empty list names nothing"),
+    (["data.labels=[]"], "data.labels: an empty list names nothing"),
     (["data.max_length=100000"], "data.max_length: 100000 is more than the model's 128 positions"),
     (["eval.metric=bleu"], "eval.metric: token-classification reports no 'bleu'"),
     (["train=null"], "would silently reset the whole train section"),
