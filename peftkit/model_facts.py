@@ -73,6 +73,8 @@ def read(recipe, problems: list[str]) -> ModelFacts | None:
         return None
     if source.kind == "hub":
         return None
+    if onnx_folder(folder):
+        return None  # `peftkit eval` of an ONNX folder: a graph, no torch weights to read facts of
     config = read_config(folder / "config.json", problems)
     if config is None or not has_weights(folder, problems):
         return None
@@ -90,6 +92,13 @@ def read_config(path: Path, problems: list[str]) -> dict | None:
         problems.append(f"model.name: {path} is not a JSON object; the model folder is damaged")
         return None
     return config
+
+
+def onnx_folder(folder: Path) -> bool:
+    """A folder `peftkit merge --format onnx` wrote (its peftkit.json says so)."""
+    from peftkit.export.folder import ONNX, read_meta
+
+    return folder.is_dir() and (read_meta(folder) or {}).get("kind") == ONNX
 
 
 def has_weights(folder: Path, problems: list[str]) -> bool:

@@ -18,11 +18,14 @@ from pathlib import Path, PurePosixPath
 
 from peftkit.errors import UsageError, write_error
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")   # what transformers loads
+# sealed too: an ONNX graph holds its weights (model.onnx), or past 2 GiB they lie beside it
+SEALED_SUFFIXES = WEIGHT_SUFFIXES + (".onnx", ".onnx.data")
 
 
 def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and p.name.endswith(SEALED_SUFFIXES))
 
 
 def sha256(path: Path) -> str:
