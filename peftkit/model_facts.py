@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.models_registry import model_source
-from peftkit.weight_files import WEIGHT_SUFFIXES
+from peftkit.weight_files import GRAPH_SUFFIXES, WEIGHT_SUFFIXES
 
 # config.json spells the same fact differently per architecture (BERT, GPT-2, T5, ...)
 HIDDEN = ("hidden_size", "n_embd", "d_model")
@@ -95,10 +95,10 @@ def read_config(path: Path, problems: list[str]) -> dict | None:
 
 
 def onnx_folder(folder: Path) -> bool:
-    """A folder `peftkit merge --format onnx` wrote (its peftkit.json says so)."""
-    from peftkit.export.folder import ONNX, read_meta
-
-    return folder.is_dir() and (read_meta(folder) or {}).get("kind") == ONNX
+    """An ONNX graph and no weights transformers loads (`peftkit merge --format onnx`)."""
+    names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
+    return (any(n.endswith(GRAPH_SUFFIXES) for n in names)
+            and not any(n.endswith(WEIGHT_SUFFIXES) for n in names))
 
 
 def has_weights(folder: Path, problems: list[str]) -> bool:

@@ -20,7 +20,8 @@ from peftkit.errors import UsageError, write_error
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")   # what transformers loads
 # sealed too: an ONNX graph holds its weights (model.onnx), or past 2 GiB they lie beside it
-SEALED_SUFFIXES = WEIGHT_SUFFIXES + (".onnx", ".onnx.data")
+GRAPH_SUFFIXES = (".onnx", ".onnx.data")
+SEALED_SUFFIXES = WEIGHT_SUFFIXES + GRAPH_SUFFIXES
 
 
 def weight_files(folder: Path) -> list[Path]:
