@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.models_registry import model_source
-from peftkit.weight_files import GRAPH_SUFFIXES, WEIGHT_SUFFIXES
+from peftkit.weight_files import WEIGHT_SUFFIXES, graph_only
 
 # config.json spells the same fact differently per architecture (BERT, GPT-2, T5, ...)
 HIDDEN = ("hidden_size", "n_embd", "d_model")
@@ -73,8 +73,8 @@ def read(recipe, problems: list[str]) -> ModelFacts | None:
         return None
     if source.kind == "hub":
         return None
-    if onnx_folder(folder):
-        return None  # `peftkit eval` of an ONNX folder: a graph, no torch weights to read facts of
+    if graph_only(folder):  # `peftkit eval` of an ONNX folder: no torch weights to read facts of
+        return None          # (training from one is refused when the model loads: models.py)
     config = read_config(folder / "config.json", problems)
     if config is None or not has_weights(folder, problems):
         return None
@@ -92,13 +92,6 @@ def read_config(path: Path, problems: list[str]) -> dict | None:
         problems.append(f"model.name: {path} is not a JSON object; the model folder is damaged")
         return None
     return config
-
-
-def onnx_folder(folder: Path) -> bool:
-    """An ONNX graph and no weights transformers loads (`peftkit merge --format onnx`)."""
-    names = [p.name for p in folder.iterdir() if p.is_file()] if folder.is_dir() else []
-    return (any(n.endswith(GRAPH_SUFFIXES) for n in names)
-            and not any(n.endswith(WEIGHT_SUFFIXES) for n in names))
 
 
 def has_weights(folder: Path, problems: list[str]) -> bool:

@@ -29,6 +29,13 @@ def weight_files(folder: Path) -> list[Path]:
                   if p.is_file() and p.name.endswith(SEALED_SUFFIXES))
 
 
+def graph_only(folder: Path) -> bool:
+    """An ONNX graph and no weights transformers loads (`peftkit merge --format onnx`)."""
+    names = [p.name for p in Path(folder).iterdir() if p.is_file()] if Path(folder).is_dir() else []
+    return (any(n.endswith(GRAPH_SUFFIXES) for n in names)
+            and not any(n.endswith(WEIGHT_SUFFIXES) for n in names))
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

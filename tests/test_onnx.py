@@ -186,3 +186,10 @@ def test_a_missing_extra_names_the_install(tmp_path, monkeypatch):
     cli = CliRunner().invoke(main, ["merge", str(run), "--format", "onnx", "--out", str(tmp_path / "o")])
     assert cli.exit_code == 2 and "pip install 'peftkit[onnx]'" in cli.output
     assert "onnxscript" in cli.output
+
+
+def test_training_from_an_onnx_folder_is_refused(folders, tmp_path, write_recipe):
+    raw = tiny_ner_recipe(folders[TOKEN]["onnx"], tmp_path / "run", max_steps=1, eval_every="no")
+    cli = CliRunner().invoke(main, ["run", str(write_recipe(raw))])
+    assert cli.exit_code == 2 and "holds an ONNX graph" in cli.output, cli.output
+    assert "Traceback" not in cli.output
