@@ -19,7 +19,7 @@ from peftkit.errors import PeftkitError, UsageError
 from peftkit.export.card import model_card
 from peftkit.export.folder import (MERGED, ONNX, check_out, label_config, staged, without_code,
                                    write_meta)
-from peftkit.export.onnx_export import check_onnx, save_onnx
+from peftkit.export.onnx_export import FORMATS, check_onnx, save_onnx
 from peftkit.rundir import seal_weights
 from peftkit.strategies import all_strategies
 
@@ -56,8 +56,8 @@ def check_format(recipe, dtype: str, fmt: str) -> None:
     check_dtype(dtype)
     if fmt == ONNX:
         check_onnx(recipe, dtype)
-    elif fmt != "safetensors":
-        raise UsageError(f"--format {fmt!r}: choose safetensors or {ONNX}")
+    elif fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
 
 
 def save(fmt: str, model, tokenizer, out: Path, recipe, labels, dtype: str, sources: list[dict],

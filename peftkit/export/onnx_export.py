@@ -15,6 +15,8 @@ transformers < 4.58.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import warnings
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from peftkit.errors import PeftkitError, UsageError
 from peftkit.export.card import model_card
 from peftkit.export.folder import ONNX, label_config, staged, without_code, write_meta
 from peftkit.export.onnx_runtime import GRAPH, OUTPUT, require
+from peftkit.output import verbose
 from peftkit.rundir import seal_weights
 
 FORMATS = ("safetensors", ONNX)    # `peftkit merge --format`
@@ -88,7 +91,7 @@ def export_graph(model, tokenizer, path: Path) -> None:
 
     inputs = dict(tokenizer(EXAMPLES, padding=True, return_tensors="pt"))
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), quiet_exporter_log():
         # every input shares the two axes: torch notes once per input that it keeps one name
         warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
         try:
@@ -101,6 +104,20 @@ def export_graph(model, tokenizer, path: Path) -> None:
                                f"{str(exc).strip().splitlines()[0][:300]}. Write a transformers "
                                "folder instead (leave out --format)") from None
     program.save(str(path))  # weights above 2 GiB go to model.onnx.data beside it (torch decides)
+
+
+@contextlib.contextmanager
+def quiet_exporter_log():
+    """torch.onnx logs through its own stderr handler (route_libraries does not reach it): below
+    -v, only its errors. Its warnings here say that torchvision's operators are not registered."""
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    if not verbose():
+        log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def check_graph(model, tokenizer, path: Path) -> float:
