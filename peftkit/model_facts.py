@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from peftkit.models_registry import model_source
-from peftkit.weight_files import WEIGHT_SUFFIXES
+from peftkit.weight_files import WEIGHT_SUFFIXES, graph_only
 
 # config.json spells the same fact differently per architecture (BERT, GPT-2, T5, ...)
 HIDDEN = ("hidden_size", "n_embd", "d_model")
@@ -73,6 +73,8 @@ def read(recipe, problems: list[str]) -> ModelFacts | None:
         return None
     if source.kind == "hub":
         return None
+    if graph_only(folder):  # `peftkit eval` of an ONNX folder: no torch weights to read facts of
+        return None          # (training from one is refused when the model loads: models.py)
     config = read_config(folder / "config.json", problems)
     if config is None or not has_weights(folder, problems):
         return None

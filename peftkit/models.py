@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from peftkit.errors import UsageError
 from peftkit.models_registry import ModelSource, alias_list, model_source
+from peftkit.weight_files import graph_only
 
 
 def source_of(recipe) -> ModelSource:
@@ -99,6 +102,10 @@ def call_loader(loader, source: ModelSource, recipe, **kwargs):
     """from_pretrained with 'not found / offline' turned into one clear message."""
     import pickle
 
+    if source.kind == "folder" and graph_only(Path(source.path)):
+        raise UsageError(f"model.name: {source.path} holds an ONNX graph (peftkit merge --format "
+                         "onnx), which transformers cannot load to train or merge; name the base "
+                         "model it came from (base_model in its peftkit.json)")
     try:
         return loader(source.path, **kwargs)
     except pickle.UnpicklingError as exc:  # torch.load(weights_only=True) met more than tensors

@@ -2,7 +2,8 @@
 
     run folder (peftkit run)  ──rundir.load_run──┐
     export folder (peftkit export) ──load_run────┼─▶ Loaded(model, tokenizer, recipe, labels, task)
-    merged folder (peftkit merge) ──Auto*.from_pretrained + peftkit.json──┘
+    merged folder (peftkit merge) ──Auto*.from_pretrained + peftkit.json──┤
+    ONNX folder (merge --format onnx) ──ONNX Runtime session (export/onnx_runtime) + peftkit.json──┘
         ─▶ task.predict(texts)                        JSON records (entities / label / generation)
         ─▶ data readers + task.encode + the pipeline's Trainer ─▶ task.evaluate   same metrics as the run
 """
@@ -25,15 +26,14 @@ class Loaded:
     recipe: Any
     labels: list[str] | None
     task: Any
-    kind: str            # run | adapter | merged
+    kind: str            # run | adapter | merged | onnx
 
 
 def read_folder(path, trust_remote_code: bool = False) -> tuple[str, object]:
     """(kind, recipe) of a run / export / merged folder, read without loading a model. The
     recipe's trust_remote_code is `trust_remote_code` (the command's flag), never the folder's."""
     from peftkit import rundir
-    from peftkit.export.folder import read_meta
-    from peftkit.recipe import read_yaml
+    from peftkit.export.folder import MERGED, ONNX, read_meta
 
     path = Path(path)
     if not path.is_dir():
@@ -43,11 +43,13 @@ def read_folder(path, trust_remote_code: bool = False) -> tuple[str, object]:
     if (path / rundir.RECIPE).is_file():
         recipe = rundir.read_run_recipe(path, trust_remote_code)
         return ("adapter" if meta else "run"), recipe
-    if meta and meta.get("kind") == "merged":
+    if meta and meta.get("kind") in (MERGED, ONNX):
         raw = copy.deepcopy(meta["recipe"])  # the model is now this folder, in full precision
         raw["model"].update(name=str(path.resolve()), gguf_file=None, revision=None,
                             quantization="none")
-        return "merged", rundir.folder_recipe(raw, path.resolve(), trust_remote_code)
+        if meta["kind"] == ONNX:  # the graph computes in float32 whatever the run trained in
+            raw["train"]["precision"] = "fp32"
+        return meta["kind"], rundir.folder_recipe(raw, path.resolve(), trust_remote_code)
     hint = (" It looks like a Hugging Face model folder, but without peftkit.json nothing says its "
             "task; load it with transformers directly." if (path / "config.json").is_file() else "")
     raise UsageError(f"{path} is neither a peftkit run folder (recipe.yaml) nor a merged model folder "
@@ -59,12 +61,16 @@ def load_for_inference(path, folder: tuple[str, object] | None = None,
     """`folder`: what read_folder(path) said, when the caller has asked it already."""
     from peftkit import rundir
 
+    from peftkit.export.folder import MERGED, ONNX
+
     kind, recipe = folder or read_folder(path, trust_remote_code)
-    if kind != "merged":
-        model, tokenizer, recipe, labels, task = rundir.load_run(
-            path, recipe=recipe, trust_remote_code=trust_remote_code)
-        return Loaded(model, tokenizer, recipe, labels, task, kind)
-    return load_merged(Path(path), recipe, trust_remote_code)
+    if kind == MERGED:
+        return load_merged(Path(path), recipe, trust_remote_code)
+    if kind == ONNX:
+        return load_onnx(Path(path), recipe, trust_remote_code)
+    model, tokenizer, recipe, labels, task = rundir.load_run(
+        path, recipe=recipe, trust_remote_code=trust_remote_code)
+    return Loaded(model, tokenizer, recipe, labels, task, kind)
 
 
 def load_merged(path: Path, recipe, trust_remote_code: bool = False) -> Loaded:
@@ -86,6 +92,23 @@ def load_merged(path: Path, recipe, trust_remote_code: bool = False) -> Loaded:
     model.eval()
     labels = read_meta(path).get("labels")
     return Loaded(model, tokenizer, recipe, labels, task, "merged")
+
+
+def load_onnx(path: Path, recipe, trust_remote_code: bool = False) -> Loaded:
+    """An ONNX folder: the graph in an ONNX Runtime session behind the forward() the task calls
+    (export/onnx_model.py), the tokenizer and peftkit.json's labels beside it."""
+    from peftkit import remote_code
+    from peftkit.export.folder import ONNX, read_meta
+    from peftkit.export.onnx_runtime import onnx_model
+    from peftkit.rundir import load_tokenizer_from
+    from peftkit.tasks import get_task
+
+    task = get_task(recipe.task)
+    remote_code.announce([path], trust_remote_code)
+    with remote_code.refusing_code([path]):
+        model = onnx_model(path, task, trust_remote_code)
+        tokenizer = load_tokenizer_from(path, trust_remote_code)
+    return Loaded(model, tokenizer, recipe, read_meta(path).get("labels"), task, ONNX)
 
 
 def predict_texts(path, texts: list[str], trust_remote_code: bool = False) -> list[dict]:
@@ -110,8 +133,8 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     # the data settings are checked before any model is loaded
     folder = read_folder(path, trust_remote_code)  # recipe.yaml (or peftkit.json) is read once
     recipe = eval_recipe(folder[1], data, split, max_samples, overrides)
+    set_threads(recipe)  # before loading: an ONNX Runtime session takes its threads when made
     loaded = load_for_inference(path, folder, trust_remote_code)
-    set_threads(recipe)
     encoded = encode_split(loaded, recipe)
     test = encoded["test"]
     precision = resolve_precision(recipe.train.precision, recipe.model.quantized)

@@ -18,11 +18,22 @@ from pathlib import Path, PurePosixPath
 
 from peftkit.errors import UsageError, write_error
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")   # what transformers loads
+# sealed too: an ONNX graph holds its weights (model.onnx), or past 2 GiB they lie beside it
+GRAPH_SUFFIXES = (".onnx", ".onnx.data")
+SEALED_SUFFIXES = WEIGHT_SUFFIXES + GRAPH_SUFFIXES
 
 
 def weight_files(folder: Path) -> list[Path]:
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return sorted(p for p in Path(folder).rglob("*")
+                  if p.is_file() and p.name.endswith(SEALED_SUFFIXES))
+
+
+def graph_only(folder: Path) -> bool:
+    """An ONNX graph and no weights transformers loads (`peftkit merge --format onnx`)."""
+    names = [p.name for p in Path(folder).iterdir() if p.is_file()] if Path(folder).is_dir() else []
+    return (any(n.endswith(GRAPH_SUFFIXES) for n in names)
+            and not any(n.endswith(WEIGHT_SUFFIXES) for n in names))
 
 
 def sha256(path: Path) -> str:

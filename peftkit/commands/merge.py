@@ -15,8 +15,12 @@ METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors",
+              show_default=True,
+              help="safetensors: a transformers model folder; onnx: an ONNX graph for ONNX Runtime "
+                   "(token and sequence classification; pip install 'peftkit[onnx]')")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="dtype of the saved weights")
+              show_default=True, help="dtype of the saved weights (onnx: float32)")
 @click.option("--weights", help="several runs: comma-separated weights, one per run (default: equal)")
 @click.option("--method", type=click.Choice(METHODS), default="linear", show_default=True,
               help="several runs: peft's combination_type. linear mixes the A and B matrices "
@@ -29,13 +33,14 @@ METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties
                    "never done without this flag, whatever the folder's recipe says")
 @push_options
 @friendly_errors
-def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust_remote_code,
+def merge(runs, out, fmt, dtype, weights, method, density, svd_rank, overwrite, trust_remote_code,
           push_to_hub, private):
     """Merge RUNS (run folders) into one plain Hugging Face model folder at --out.
 
     One run: its LoRA / DoRA / AdaLoRA / IA3 adapter is folded into the base (reloaded in full
     precision); a full fine-tune is saved as it is. Several runs on the same base and task:
     their adapters are combined with --weights and --method through peft, then folded in.
+    --format onnx writes the merged model as an ONNX graph (torch.onnx.export) instead.
     """
     from peftkit.export import merge_run, merge_weighted
     from peftkit.output import route_libraries
@@ -45,13 +50,17 @@ def merge(runs, out, dtype, weights, method, density, svd_rank, overwrite, trust
 
     if len(runs) == 1 and weights is None:
         folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite,
-                           trust_remote_code=trust_remote_code)
+                           trust_remote_code=trust_remote_code, fmt=fmt)
     else:
         folder = merge_weighted(runs, parse_weights(weights), out, method=method, dtype=dtype,
                                 overwrite=overwrite, density=density, svd_rank=svd_rank,
-                                trust_remote_code=trust_remote_code)
-    click.echo(f"merged model written to {folder}")
-    click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
+                                trust_remote_code=trust_remote_code, fmt=fmt)
+    if fmt == "onnx":
+        click.echo(f"merged model written to {folder} as an ONNX graph (model.onnx)")
+        click.echo(f"run it with onnxruntime (README.md there), or: peftkit predict {folder} \"text\"")
+    else:
+        click.echo(f"merged model written to {folder}")
+        click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
     push(folder, push_to_hub, private)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from peftkit.export.folder import ADAPTER, MERGED
+from peftkit.export.folder import ADAPTER, MERGED, ONNX
 from peftkit.rundir import LABELS
 
 PIPELINE_TAG = {"token-classification": "token-classification",
@@ -40,7 +40,7 @@ def front_matter(kind: str, out, recipe, results: list[dict | None]) -> str:
     data set, the test metrics as a model-index; names that mean something on another machine."""
     from huggingface_hub import EvalResult, ModelCardData
 
-    library = "transformers" if whole_model(kind, recipe) else \
+    library = "onnx" if kind == ONNX else "transformers" if whole_model(kind, recipe) else \
         "peft" if peft_owned(recipe) else "peftkit"
     task_type = PIPELINE_TAG.get(recipe.task, recipe.task)
     data, on_hub = dataset_name(recipe)
@@ -105,6 +105,8 @@ def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
     if kind == ADAPTER:
         return (f"The {recipe.strategy_name} adapter of a peftkit run on `{base_label}`, without the "
                 "base weights.\n")
+    if kind == ONNX:
+        return onnx_intro(recipe, base_label, sources)
     if len(sources) > 1:
         runs = ", ".join(f"`{s['run']}` × {s['weight']:g}" for s in sources)
         return (f"A plain Hugging Face model: `{base_label}` with the {recipe.strategy_name} adapters "
@@ -113,6 +115,15 @@ def intro(kind: str, recipe, base_label: str, sources: list[dict]) -> str:
     how = "fully fine-tuned" if recipe.strategy_impl.saves_whole_model else \
         f"with its {recipe.strategy_name} adapter merged into the weights"
     return f"A plain Hugging Face model: `{base_label}` {how}. Loading it needs neither peft nor peftkit.\n"
+
+
+def onnx_intro(recipe, base_label: str, sources: list[dict]) -> str:
+    what = (f"the {recipe.strategy_name} adapters of {len(sources)} runs combined and merged into "
+            "its weights" if len(sources) > 1 else "fully fine-tuned"
+            if recipe.strategy_impl.saves_whole_model else
+            f"with its {recipe.strategy_name} adapter merged into the weights")
+    return (f"An ONNX graph of `{base_label}` {what}, exported by `torch.onnx.export`: ONNX Runtime "
+            "runs it with the tokenizer beside it; neither torch, peft nor peftkit is needed.\n")
 
 
 def training_table(recipe, base_label, labels, sources, extra: dict) -> str:
@@ -168,6 +179,8 @@ def how_to_load(kind: str, out, recipe) -> str:
     its portable name."""
     auto = AUTO_CLASS.get(recipe.task, "AutoModel")
     out = Path(out.name)
+    if kind == ONNX:
+        return onnx_how_to_load(out)
     if whole_model(kind, recipe):
         use = ("inputs = tokenizer(\"Hello\", return_tensors=\"pt\")\n"
                "print(tokenizer.decode(model.generate(**inputs)[0]))" if recipe.task == "causal-lm"
@@ -191,6 +204,19 @@ def how_to_load(kind: str, out, recipe) -> str:
     return ("## How to load\n\n" + (with_peft if peft_owned(recipe) else own)
             + f"With peftkit: `peftkit predict {out} \"Some text\"`, `peftkit eval {out} --data ...`, "
             f"or `peftkit.rundir.load_run(\"{out}\")` in Python.\n")
+
+
+def onnx_how_to_load(out: Path) -> str:
+    return ("## How to load\n\n```python\n"
+            "import onnxruntime\nfrom transformers import AutoConfig, AutoTokenizer\n\n"
+            f"session = onnxruntime.InferenceSession(\"{out / 'model.onnx'}\")\n"
+            f"tokenizer = AutoTokenizer.from_pretrained(\"{out}\")\n"
+            f"id2label = AutoConfig.from_pretrained(\"{out}\").id2label\n"
+            "inputs = tokenizer([\"Some text\"], return_tensors=\"np\")\n"
+            "names = [i.name for i in session.get_inputs()]\n"
+            "logits = session.run([\"logits\"], {n: inputs[n] for n in names})[0]\n```\n\n"
+            f"or with peftkit: `peftkit predict {out} \"Some text\"`, "
+            f"`peftkit eval {out} --data ...`.\n")
 
 
 def base_args(recipe) -> str:

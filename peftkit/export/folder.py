@@ -3,7 +3,7 @@
 `peftkit.json` beside the weights says what the folder is, so that `peftkit predict` and
 `peftkit eval` can use it without the run folder it came from:
 
-    {"format": "peftkit", "kind": "merged" | "adapter", "task": ..., "labels": [...],
+    {"format": "peftkit", "kind": "merged" | "adapter" | "onnx", "task": ..., "labels": [...],
      "strategy": ..., "recipe": {...the run's resolved recipe...}, "sources": [...], ...}
 """
 
@@ -19,7 +19,8 @@ from pathlib import Path
 from peftkit.errors import PeftkitError, UsageError, write_error
 
 META = "peftkit.json"
-MERGED, ADAPTER = "merged", "adapter"  # the two kinds of folder (peftkit.json "kind")
+MERGED, ADAPTER = "merged", "adapter"  # the kinds of folder (peftkit.json "kind")
+ONNX = "onnx"                          # a merged model as an ONNX graph (export/onnx_export.py)
 
 
 def check_out(out: Path, overwrite: bool, sources: list[Path]) -> Path:
@@ -41,6 +42,14 @@ def check_out(out: Path, overwrite: bool, sources: list[Path]) -> Path:
                          f"or export wrote (no {META}); peftkit never deletes it, not even with "
                          "--overwrite. Choose another folder")
     return out
+
+
+def label_config(model, labels) -> None:
+    """id2label / label2id in the saved config: load_model set them; say them again in case a
+    strategy dropped them."""
+    if labels is not None:
+        model.config.id2label = dict(enumerate(labels))
+        model.config.label2id = {name: i for i, name in enumerate(labels)}
 
 
 def without_code(folder: Path, trust_remote_code: bool) -> None:

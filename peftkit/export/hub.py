@@ -16,7 +16,7 @@ from pathlib import Path
 
 from peftkit import __version__, weight_files
 from peftkit.errors import PeftkitError, UsageError
-from peftkit.export.folder import MERGED, read_meta
+from peftkit.export.folder import MERGED, ONNX, read_meta
 from peftkit.rundir import CHECKSUMS
 
 LOGIN = "set HF_TOKEN to a token with write access, or run `hf auth login`"
@@ -89,7 +89,7 @@ def commit_text(folder: Path) -> tuple[str, str]:
     """Commit title and body naming the run(s) by folder name, as peftkit.json records them."""
     meta = read_meta(folder) or {}
     runs = [Path(s["run"]).name for s in meta.get("sources") or [] if s.get("run")] or [folder.name]
-    what = "merged model" if meta.get("kind") == MERGED else "adapter"
+    what = {MERGED: "merged model", ONNX: "merged model (ONNX)"}.get(meta.get("kind"), "adapter")
     noun = "run" if len(runs) == 1 else "runs"
     title = f"peftkit {what} of {noun} {', '.join(runs)}"
     if meta.get("strategy"):

@@ -1,8 +1,9 @@
 """Fold adapters into the base weights and save a plain Hugging Face model.
 
-    merge_run:      run ──load_run(quantization="none")──▶ strategy.merge ──▶ save_merged
+    merge_run:      run ──load_run(quantization="none")──▶ strategy.merge ──▶ save
     merge_weighted: runs ─▶ one full-precision base + each run's adapter ─▶ peft add_weighted_adapter
-                    ─▶ merge_and_unload ─▶ task heads combined with the same weights ─▶ save_merged
+                    ─▶ merge_and_unload ─▶ task heads combined with the same weights ─▶ save
+    save: fmt "safetensors" ─▶ save_merged (a transformers folder); "onnx" ─▶ onnx_export.save_onnx
 
 The base is always reloaded in full precision (an 8-bit run's too): merging into int8 weights
 would round the delta away. Each call rebuilds the model from the run folder, so repeating a
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from peftkit.errors import PeftkitError, UsageError
 from peftkit.export.card import model_card
-from peftkit.export.folder import MERGED, check_out, staged, without_code, write_meta
+from peftkit.export.folder import (MERGED, ONNX, check_out, label_config, staged, without_code,
+                                   write_meta)
+from peftkit.export.onnx_export import FORMATS, check_onnx, save_onnx
 from peftkit.rundir import seal_weights
 from peftkit.strategies import all_strategies
 
@@ -29,22 +32,42 @@ NEEDS_DENSITY = ("ties", "dare", "magnitude_prune")
 # ---------------------------------------------------------------- one run
 
 def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False,
-              trust_remote_code: bool = False) -> Path:
+              trust_remote_code: bool = False, fmt: str = "safetensors") -> Path:
     """Merge one run's adapter into its base (a full fine-tune is saved as it is).
-    `trust_remote_code`: the command's flag (the run folder's recipe never decides it)."""
+    `trust_remote_code`: the command's flag (the run folder's recipe never decides it).
+    `fmt`: safetensors (a transformers folder) or onnx."""
     from peftkit.rundir import load_run
 
     run = RunInfo(Path(run_dir), trust_remote_code)
     check_mergeable(run)
-    check_dtype(dtype)
+    check_format(run.recipe, dtype, fmt)
     out = check_out(Path(out), overwrite, [run.dir])
     model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe,
                                                       trust_remote_code=trust_remote_code)
     merged = recipe.strategy_impl.merge(model)
     sources = [{"run": str(run.dir), "weight": 1.0}]
-    save_merged(merged, tokenizer, out, recipe, labels, dtype, sources, [run.result],
-                trust_remote_code=trust_remote_code)
+    save(fmt, merged, tokenizer, out, recipe, labels, dtype, sources, [run.result],
+         trust_remote_code=trust_remote_code)
     return out
+
+
+def check_format(recipe, dtype: str, fmt: str) -> None:
+    """Everything about the output format that can be refused before a model is loaded."""
+    check_dtype(dtype)
+    if fmt == ONNX:
+        check_onnx(recipe, dtype)
+    elif fmt not in FORMATS:
+        raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+
+
+def save(fmt: str, model, tokenizer, out: Path, recipe, labels, dtype: str, sources: list[dict],
+         results: list, method: str | None = None, trust_remote_code: bool = False) -> None:
+    if fmt == ONNX:
+        save_onnx(model, tokenizer, out, recipe, labels, base_label(recipe), sources, results,
+                  method=method, trust_remote_code=trust_remote_code)
+    else:
+        save_merged(model, tokenizer, out, recipe, labels, dtype, sources, results, method=method,
+                    trust_remote_code=trust_remote_code)
 
 
 def check_mergeable(run: "RunInfo") -> None:
@@ -67,7 +90,8 @@ def check_dtype(dtype: str) -> None:
 
 def merge_weighted(run_dirs, weights: list[float] | None, out, method: str = "linear",
                    dtype: str = "float32", overwrite: bool = False, density: float | None = None,
-                   svd_rank: int | None = None, trust_remote_code: bool = False) -> Path:
+                   svd_rank: int | None = None, trust_remote_code: bool = False,
+                   fmt: str = "safetensors") -> Path:
     """Combine the adapters of runs on one base with peft's add_weighted_adapter, then merge.
 
     Task heads (peft's modules_to_save: every run trains its own) are combined as sum(w_i * head_i),
@@ -76,12 +100,12 @@ def merge_weighted(run_dirs, weights: list[float] | None, out, method: str = "li
     runs = [RunInfo(Path(d), trust_remote_code) for d in run_dirs]
     weights = list(weights) if weights is not None else [1.0 / len(runs)] * len(runs)
     check_weighted(runs, weights, method, density)
-    check_dtype(dtype)
+    check_format(runs[0].recipe, dtype, fmt)
     out = check_out(Path(out), overwrite, [r.dir for r in runs])
     model, tokenizer, recipe, labels = combined_model(runs, weights, method, density, svd_rank)
     sources = [{"run": str(r.dir), "weight": w} for r, w in zip(runs, weights)]
-    save_merged(model, tokenizer, out, recipe, labels, dtype, sources, [r.result for r in runs],
-                method=method, trust_remote_code=trust_remote_code)
+    save(fmt, model, tokenizer, out, recipe, labels, dtype, sources, [r.result for r in runs],
+         method=method, trust_remote_code=trust_remote_code)
     return out
 
 
@@ -196,9 +220,7 @@ def save_merged(model, tokenizer, out: Path, recipe, labels, dtype: str, sources
     import torch
 
     model = model.to(getattr(torch, dtype)).eval()
-    if labels is not None:  # load_model set these; say them again in case a strategy dropped them
-        model.config.id2label = dict(enumerate(labels))
-        model.config.label2id = {name: i for i, name in enumerate(labels)}
+    label_config(model, labels)
     if model.can_generate():
         generation_defaults(model, tokenizer, recipe)
     base = base_label(recipe)

@@ -42,6 +42,7 @@ def split_spec(spec: str) -> tuple[str, Path]:
 
 def read_run(spec: str, trust_remote_code: bool = False) -> tuple[str, Path, Any]:
     """(name, folder, recipe) of a run or export folder, read without loading a model."""
+    from peftkit.export.folder import MERGED, ONNX
     from peftkit.predict import read_folder
 
     name, folder = split_spec(spec)
@@ -49,7 +50,7 @@ def read_run(spec: str, trust_remote_code: bool = False) -> tuple[str, Path, Any
         raise UsageError(f"{spec}: {name!r} cannot name an adapter (letters, digits, '_', '-', "
                          "'.', at most 64); name it with NAME=PATH")
     kind, recipe = read_folder(folder, trust_remote_code)
-    if kind == "merged":
+    if kind in (MERGED, ONNX):
         raise UsageError(f"{folder} is a merged model: its adapter is folded into the weights, "
                          "so it cannot share a base; serve the run folder it was merged from")
     return name, folder, recipe

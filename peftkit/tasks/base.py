@@ -27,6 +27,10 @@ class Task:
     # outnumbers its smallest this many times (None: never; see auto_class_weights)
     auto_balance_ratio: float | None = 4.0
     generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
+    # `peftkit merge --format onnx`: one forward pass from token ids to this task's logits is the
+    # whole model, so torch.onnx.export's graph is all an ONNX Runtime user needs; and why not
+    exports_onnx: bool = False
+    onnx_refusal: str = "its model is not one forward pass from token ids to logits"
 
     def check_metric(self, metric: str | None, problems: list[str]) -> None:
         """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""
@@ -94,6 +98,12 @@ class Task:
         """Metrics on one encoded split, keys prefixed (e.g. test_f1); files a task writes beside
         them (causal-lm: the generations) go into `out_dir`, the run folder."""
         return trainer.evaluate(dataset, metric_key_prefix=prefix)
+
+    def logits_loss(self, logits, labels, config):
+        """The loss the task's transformers head computes from its logits (transformers'
+        LOSS_MAPPING), for models that return logits alone: an ONNX Runtime session under
+        `peftkit eval` (export/onnx_runtime.py). `config`: the model's config (num_labels)."""
+        raise NotImplementedError
 
     def predict(self, model, tokenizer, texts: list[str], labels, recipe,
                 adapter_names: list[str] | None = None) -> list[dict]:

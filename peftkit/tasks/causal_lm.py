@@ -33,6 +33,8 @@ class CausalLM(Task):
     columns = ("prompt", "target")
     auto_balance_ratio = None          # no classes
     generates = True
+    onnx_refusal = ("generation calls the model once per new token with a growing key/value "
+                    "cache, which one exported forward pass does not carry")
 
     def encode(self, raw, tokenizer, recipe, labels):
         max_length = recipe.data.max_length

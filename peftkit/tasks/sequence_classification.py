@@ -18,6 +18,7 @@ class SequenceClassification(Task):
     metric_names = ("accuracy", "macro_f1", "mcc", "loss")
     selection_metric = ("accuracy", True)    # computed at every evaluation
     columns = ("text", "label")
+    exports_onnx = True
 
     def label_names(self, raw, recipe) -> list[str]:
         feature_names = getattr(raw["train"].features["label"], "names", None)  # hub ClassLabel
@@ -65,6 +66,11 @@ class SequenceClassification(Task):
             return {**classification_scores(true, predicted, len(labels)), **class_stats(true, predicted)}
 
         return compute
+
+    def logits_loss(self, logits, labels, config):
+        from transformers.loss.loss_utils import LOSS_MAPPING
+
+        return LOSS_MAPPING["ForSequenceClassification"](labels, logits, config)
 
     def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
         """One record per text; with a text_pair column, a tab separates the two texts."""

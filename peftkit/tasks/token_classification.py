@@ -29,6 +29,7 @@ class TokenClassification(Task):
     # O outnumbers every entity tag in any NER set; weighing tags by inverse frequency would trade
     # precision for recall everywhere. The head prior and the search's balanced loss cover collapse.
     auto_balance_ratio = None
+    exports_onnx = True
 
     def label_names(self, raw, recipe) -> list[str]:
         seen = {t for tags in raw["train"]["tags"] for t in tags}
@@ -76,6 +77,11 @@ class TokenClassification(Task):
             return {**entity_scores(true_tags, pred_tags), **token_stats(true_tags, pred_tags)}
 
         return compute
+
+    def logits_loss(self, logits, labels, config):
+        from transformers.loss.loss_utils import LOSS_MAPPING
+
+        return LOSS_MAPPING["ForTokenClassification"](logits, labels, config)
 
     def predict(self, model, tokenizer, texts, labels, recipe, adapter_names=None):
         import torch
