@@ -62,6 +62,15 @@ def run_case(name: str, recipe: str, overrides: list[str], out: Path) -> dict:
             "trainable_params": r["trainable_params"], "plan_trainable": plan.get("trainable_params")}
 
 
+def replan(row: dict) -> dict:
+    """The current code's prediction for a measured case (`peftkit plan --json`, same overrides)."""
+    cmd = [sys.executable, "-m", "peftkit", "plan", row["recipe"], *row["overrides"], "--json"]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    plan = json.loads(done.stdout[done.stdout.index("{"):])
+    return {**row, "predicted_mb": plan["peak_memory_mb"], "peak_phase": plan["peak_phase"],
+            "memory_mb": plan["memory_mb"], "predicted_s_epoch": plan["seconds_per_epoch"]}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| case | strategy | model | quant. | predicted MB | measured MB | error | peak in "
              "| s/epoch predicted | s/epoch measured |", "|" + "---|" * 10]
@@ -81,9 +90,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", help="case names (default: all)")
     parser.add_argument("--out", default="runs/plan_check")
+    parser.add_argument("--replan", action="store_true", help="keep the measured runs in "
+                        "OUT/results.json, predict them again with the current code")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replan:
+        rows = [replan(r) if "error" not in r else r
+                for r in json.loads((out / "results.json").read_text())
+                if not args.only or r["name"] in args.only]
+        print(table(rows))
+        return
     rows = []
     for name, (recipe, overrides) in CASES.items():
         if args.only and name not in args.only:

@@ -31,15 +31,19 @@ def make_plan(parts) -> Plan:
     gguf = bool(parts.source.gguf_file)
     dtype = probe.loaded_dtype(config, gguf)
     counts, packed = probe.count(parts, config, dtype)
-    baseline = baseline_mb()  # libraries (model code, peft) imported, data encoded, no tensors yet
+    import_run_modules(parts.task)
+    baseline = baseline_mb()  # libraries imported, data encoded, no tensors yet
     train = parts.encoded["train"]
     lengths = [len(ids) for ids in train["input_ids"]]
     steps = steps_per_epoch(recipe, len(lengths))
-    batches_run = min(math.ceil(len(lengths) / t.batch_size),
-                      (t.max_steps or steps * math.ceil(t.epochs)) * t.gradient_accumulation_steps)
-    big = batches.largest_training_batch(lengths, t.batch_size, batches_run, packed, t.seed)
+    # the largest batch of a shuffled epoch: the Trainer's own shuffle is another draw, so a
+    # short run may meet it as well as a long one
+    big = batches.largest_training_batch(lengths, t.batch_size, math.ceil(len(lengths) / t.batch_size),
+                                         packed, t.seed)
     full, fwd = probe.activations(parts, config, dtype, [train[i] for i in big.indices], parts.precision)
     saved = full.saved_bytes if on_gpu() else full.allocated_bytes  # probe.py says why
+    # the probe runs unquantized; an 8-bit Linear de-quantizes its weight for every matmul
+    saved += counts.int8_weights * 4
     if t.gradient_checkpointing:  # only each layer's input is kept, one layer recomputed at a time
         saved = checkpointed(saved, fwd, config, big)
     ev = largest_eval(parts, recipe)
@@ -62,6 +66,19 @@ def make_plan(parts) -> Plan:
                 parts.precision, available_mb(baseline), [])
     plan.advice = advice(plan, recipe)
     return plan
+
+
+# what `run` imports to train (about 85 MB resident here: benchmarks/RESULTS.md#plan)
+RUN_MODULES = ("transformers.trainer", "peftkit.callbacks", "peftkit.health_watch")
+
+
+def import_run_modules(task) -> None:
+    """The modules a run has imported by its peak (the Trainer, the task's metric libraries),
+    so that this process's resident memory is the run's baseline."""
+    import importlib
+
+    for name in (*RUN_MODULES, *task.metric_modules):
+        importlib.import_module(name)
 
 
 def on_gpu() -> bool:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 MB = 2 ** 20
 ADAM_BYTES = 8           # AdamW: exp_avg + exp_avg_sq, fp32 per trainable parameter
 LOGIT_GRAD_BUFFERS = 2   # backward through the loss: d(log_softmax) and d(logits), fp32 each
-EVAL_LOSS_BUFFERS = 2    # evaluation loss: logits.float() and its log_softmax, fp32 each
+FP32 = 4                 # the loss upcasts logits to fp32 (a copy unless they are fp32 already)
 
 
 @dataclass
@@ -71,7 +71,8 @@ def memory(*, baseline_mb: float, weight_bytes: int, trainable_bytes: int, activ
         optimizer=trainable * ADAM_BYTES / MB,
         activations=activation_bytes / MB,
         logits_backward=logits_numel * 4 * LOGIT_GRAD_BUFFERS / MB,
-        evaluation=eval_logits_numel * (eval_logit_bytes + 4 * EVAL_LOSS_BUFFERS) / MB,
+        evaluation=eval_logits_numel * (eval_logit_bytes + (FP32 if eval_logit_bytes != FP32 else 0)
+                                        + FP32) / MB,  # logits, fp32 copy, log_softmax
         loading=loading_bytes / MB,
     )
 
@@ -103,7 +104,7 @@ class Plan:
 
     def record(self) -> dict:
         return {"peak_memory_mb": round(self.peak_memory_mb, 1),
-                "seconds_per_epoch": round(self.seconds_per_epoch, 1),
+                "seconds_per_epoch": round(self.seconds_per_epoch, 3),
                 "peak_phase": self.memory.phase(),
                 "memory_mb": {k: round(v, 1) for k, v in asdict(self.memory).items()},
                 "total_params": self.total_params, "trainable_params": self.trainable_params,

@@ -27,6 +27,9 @@ class Task:
     # outnumbers its smallest this many times (None: never; see auto_class_weights)
     auto_balance_ratio: float | None = 4.0
     generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
+    # libraries its metrics import when a run scores (peftkit.metrics): `peftkit plan` imports
+    # them too, so that its baseline memory is the run's
+    metric_modules: tuple[str, ...] = ()
 
     def check_metric(self, metric: str | None, problems: list[str]) -> None:
         """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""
