@@ -35,8 +35,15 @@ def load_config(parts):
     kwargs = {"gguf_file": source.gguf_file} if source.gguf_file else {}
     if recipe.model.revision:
         kwargs["revision"] = recipe.model.revision
-    config = transformers.AutoConfig.from_pretrained(
-        source.path, trust_remote_code=recipe.model.trust_remote_code, **kwargs)
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            source.path, trust_remote_code=recipe.model.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as exc:
+        from peftkit.errors import UsageError
+
+        raise UsageError(f"model.name: the plan needs the model's config and cannot read it from "
+                         f"{source.path!r} ({str(exc).splitlines()[0][:160]}); use a local folder, "
+                         "a packaged alias or a hub id in the local cache") from None
     if parts.labels is not None:
         config.num_labels = len(parts.labels)
         config.id2label = dict(enumerate(parts.labels))
