@@ -26,6 +26,7 @@ LAZY_COMMANDS = {
     "recipes": ("peftkit.commands.recipes", "recipes"),
     "inspect-data": ("peftkit.commands.inspect_data", "inspect_data"),
     "serve": ("peftkit.commands.serve", "serve"),
+    "plan": ("peftkit.commands.plan", "plan"),
 }
 
 

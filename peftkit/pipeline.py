@@ -59,6 +59,7 @@ def train_in(run_dir: Path, recipe, checkpoint: str | None, callbacks: tuple = (
     threads = env.set_threads(recipe)
     output.route_libraries(run_dir / rundir.LOG if env.is_main() else None)
     parts = build(recipe)
+    plan = announce_plan(parts) if env.is_main() else None
     if env.is_main():
         rundir.write_recipe(run_dir, recipe)  # as the user wrote it: learning_rate stays `auto`
     trained, search = settle_learning_rate(parts, run_dir)  # parts.recipe: min_steps applied
@@ -67,6 +68,7 @@ def train_in(run_dir: Path, recipe, checkpoint: str | None, callbacks: tuple = (
         result["lr_search"] = search
         result["lr_search"]["share_of_train_time"] = search["seconds"] / max(1e-9, result["train_seconds"])
     result["threads"] = threads
+    result["plan"] = plan  # predicted beside measured: peak_memory_mb, train_seconds
     result["health"] = judge(result)
     if env.is_main():
         if recipe.output.save_model:  # portable adapter config and a model card, like an export
@@ -133,6 +135,20 @@ def build(recipe) -> Build:
     return Build(recipe, task, labels, source, tokenizer, encoded, data_stats,
                  recipe.strategy_impl, ctx, resolve_precision(recipe.train.precision, quantized),
                  prior)
+
+
+def announce_plan(parts: Build) -> dict | None:
+    """`peftkit plan`'s estimate, printed before anything loads; its record goes to result.json.
+    An estimate never stops a run: a model the planner cannot build from its config is said."""
+    from peftkit.plan import make_plan, summary_lines
+
+    try:
+        plan = make_plan(parts)
+    except Exception as exc:  # noqa: BLE001 - an estimate, not a check: the run goes on
+        print(f"plan: no estimate for this model ({type(exc).__name__}: {str(exc)[:120]})")
+        return None
+    print("\n".join(summary_lines(plan)))
+    return plan.record()
 
 
 def at_least_min_steps(recipe, n_train: int):

@@ -31,6 +31,9 @@ class Task:
     # whole model, so torch.onnx.export's graph is all an ONNX Runtime user needs; and why not
     exports_onnx: bool = False
     onnx_refusal: str = "its model is not one forward pass from token ids to logits"
+    # libraries its metrics import when a run scores (peftkit.metrics): `peftkit plan` imports
+    # them too, so that its baseline memory is the run's
+    metric_modules: tuple[str, ...] = ()
 
     def check_metric(self, metric: str | None, problems: list[str]) -> None:
         """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""

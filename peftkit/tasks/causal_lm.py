@@ -25,6 +25,7 @@ from peftkit.tasks.templates import PROMPTS, plain_prompt
 class CausalLM(Task):
     name = "causal-lm"
     auto_class = "AutoModelForCausalLM"
+    metric_modules = ("sacrebleu", "rouge_score.rouge_scorer")
     peft_task_type = "CAUSAL_LM"
     head_names: list[str] = []      # lm_head is pretrained: no new head to train in full
     default_metric = "bleu"

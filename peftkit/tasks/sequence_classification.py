@@ -13,6 +13,7 @@ from peftkit.tasks.base import Task, batch_names, length_batches, tokenize_split
 class SequenceClassification(Task):
     name = "sequence-classification"
     auto_class = "AutoModelForSequenceClassification"
+    metric_modules = ("sklearn.metrics",)
     peft_task_type = "SEQ_CLS"
     default_metric = "accuracy"
     metric_names = ("accuracy", "macro_f1", "mcc", "loss")

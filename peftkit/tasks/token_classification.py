@@ -20,6 +20,7 @@ PREDICT_BATCH = 32  # texts per forward pass in predict
 class TokenClassification(Task):
     name = "token-classification"
     auto_class = "AutoModelForTokenClassification"
+    metric_modules = ("seqeval.metrics", "seqeval.scheme")
     peft_task_type = "TOKEN_CLS"
     default_metric = "f1"
     metric_names = ("precision", "recall", "f1", "token_accuracy", "loss")
