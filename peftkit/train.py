@@ -136,7 +136,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
+    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id),
+                                 task.training_loss())
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
                if power else None)
@@ -158,6 +159,44 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
         )
     quiet_raw_logs(trainer)
     return trainer
+
+
+def with_task_loss(trainer_cls, task_loss):
+    """trainer_cls, or a subclass whose training batches take the task's loss (causal LM: the
+    output layer on completion positions only, tasks/completion_loss.py) where the task offers one.
+    Evaluation, and runs with class weights or label smoothing, keep the Trainer's own path.
+
+    The task's loss stands in for the model inside the Trainer's compute_loss, which then does what
+    it does with a model's loss: num_items_in_batch passed where the model accepts loss kwargs, the
+    scaling across processes and for gradient accumulation."""
+    if task_loss is None:
+        return trainer_cls
+
+    class TaskLossTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (model.training and not return_outputs and self.compute_loss_func is None
+                    and self.label_smoother is None):
+                model = TaskLossModel(model, self.accelerator.unwrap_model(model), task_loss)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return TaskLossTrainer
+
+
+class TaskLossModel:
+    """Called like the model by Trainer.compute_loss: {"loss": the task's loss}, or the model's
+    own output where the task's loss declines (it checks the model once)."""
+
+    def __init__(self, model, unwrapped, task_loss):
+        self.model, self.unwrapped, self.task_loss = model, unwrapped, task_loss
+        self.training = model.training
+
+    def __call__(self, labels=None, num_items_in_batch=None, **inputs):
+        loss = None if labels is None else self.task_loss(self.model, self.unwrapped, inputs, labels,
+                                                          num_items_in_batch)
+        if loss is not None:
+            return {"loss": loss}
+        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return self.model(labels=labels, **inputs, **extra)
 
 
 def quiet_raw_logs(trainer) -> None:
