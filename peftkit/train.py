@@ -40,6 +40,11 @@ def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
     return math.ceil(per_epoch * t.epochs)
 
 
+# train.optimizer -> TrainingArguments.optim (the Trainer builds bitsandbytes' optimizers itself)
+OPTIMIZERS = {"adamw": "adamw_torch_fused",  # the Trainer's default
+              "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
 def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
                        find_unused_parameters: bool = False, probe: bool = False,
                        best: tuple[str, bool] | None = None):
@@ -66,6 +71,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
+        optim=OPTIMIZERS[getattr(t, "optimizer", "adamw")],  # recipes saved before it: adamw
         warmup_steps=t.warmup,  # transformers 5: a value below 1 is a ratio of the total steps
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
@@ -136,8 +142,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id),
-                                 task.training_loss())
+    own_loss = None if recipe.strategy_impl.adds_to_model_loss(recipe.strategy) else task.training_loss()
+    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id), own_loss)
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
                if power else None)
