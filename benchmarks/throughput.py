@@ -240,6 +240,13 @@ def summarize(case: str, runs: dict, shape: dict, peaks: dict) -> dict:
     return out
 
 
+def alias(peaks: dict) -> None:
+    """The precision names the sides report (fp32, bf16) for torch's dtype names."""
+    for short, name in (("fp32", "float32"), ("bf16", "bfloat16")):
+        if name in peaks:
+            peaks[short] = peaks[name]
+
+
 def table(summaries: list[dict], peaks: dict) -> str:
     lines = ["| case | side | precision | tokens/s: median (runs) | padding | peak RSS "
              "| test metric: mean (seeds) | MFU | steps |", "|---|---|---|---|---|---|---|---|---|"]
@@ -257,8 +264,8 @@ def table(summaries: list[dict], peaks: dict) -> str:
         unit = "F1 points" if s["sides"]["peftkit"]["metric"] == "f1" else "loss"
         lines.append(f"| {s['case']} | **{s['speedup']:.2f}×** | {s['speedup_per_pair']} "
                      f"| {s['metric_delta']:+.2f} {unit} | {s['metric_delta_per_seed']} |")
-    lines += ["", f"matmul peak (2048², {peaks['threads']} threads): fp32 {peaks['float32']:.0f} "
-              f"GFLOP/s, bf16 {peaks['bfloat16']:.0f} GFLOP/s"]
+    shown_peaks = ", ".join(f"{k} {peaks[k]:.0f} GFLOP/s" for k in ("fp32", "bf16") if k in peaks)
+    lines += ["", f"matmul peak (2048², {peaks['threads']} threads): {shown_peaks}"]
     return "\n".join(lines)
 
 
@@ -292,10 +299,15 @@ def main(argv=None) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         raise SystemExit(f"unknown case(s) {unknown}; choose from {', '.join(CASES)}")
-    peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16"),
-             "threads": torch.get_num_threads()}
-    peaks["fp32"], peaks["bf16"] = peaks["float32"], peaks["bfloat16"]
-    print(f"matmul peak: fp32 {peaks['fp32']:.0f} GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s", flush=True)
+    from peftkit.train import resolve_precision
+
+    # bf16 only where peftkit trains in it: a 2048² bf16 matmul without AVX-512 BF16 / AMX takes
+    # seconds, and 31 of them minutes on a busy machine, for a figure no side uses
+    dtypes = ["float32"] + (["bfloat16"] if resolve_precision("auto") == "bf16" else [])
+    peaks = {d: matmul_peak(d) for d in dtypes}
+    peaks["threads"] = torch.get_num_threads()
+    alias(peaks)
+    print("matmul peak: " + ", ".join(f"{d} {peaks[d]:.0f} GFLOP/s" for d in dtypes), flush=True)
     summaries = []
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         for case in cases:
@@ -307,8 +319,9 @@ def main(argv=None) -> None:
             shape = model_shape(CASES[case]["model"], CASES[case]["task"])
             summaries.append(summarize(case, runs, shape, peaks))
     # the peak again at the end: the best of both is the machine's, not the moment's
-    peaks["fp32"] = peaks["float32"] = max(peaks["float32"], matmul_peak("float32"))
-    peaks["bf16"] = peaks["bfloat16"] = max(peaks["bfloat16"], matmul_peak("bfloat16"))
+    for d in dtypes:
+        peaks[d] = max(peaks[d], matmul_peak(d))
+    alias(peaks)
     for s in summaries:
         for r in s["sides"].values():
             r["mfu"] = r["tokens_per_second"] * s["flops_per_token"] / (peaks[r["precision"]] * 1e9)

@@ -103,6 +103,10 @@ class TrainSection:
     lr_search: str = opt("auto", "with learning_rate auto: sweep, range, or auto (the strategy's "
                          "measured choice)", choices=["auto", "sweep", "range"])
     weight_decay: float = opt(0.0, "AdamW weight decay", min=0.0)
+    optimizer: str = opt("adamw", "adamw (torch's); adamw_8bit or paged_adamw_8bit: bitsandbytes' "
+                         "8-bit optimizer states, a quarter of AdamW's memory for full fine-tuning "
+                         "(paging needs a GPU; benchmarks/RESULTS.md#memory)",
+                         choices=["adamw", "adamw_8bit", "paged_adamw_8bit"])
     warmup: float = opt(0.06, "warm-up: ratio of steps if < 1, else steps", min=0.0)
     lr_scheduler: str = opt("linear", "learning-rate schedule",
                             choices=["linear", "cosine", "constant", "constant_with_warmup"])

@@ -40,6 +40,11 @@ def total_train_steps(recipe, n_train: int, world_size: int = 1) -> int:
     return math.ceil(per_epoch * t.epochs)
 
 
+# train.optimizer -> TrainingArguments.optim (the Trainer builds bitsandbytes' optimizers itself)
+OPTIMIZERS = {"adamw": "adamw_torch_fused",  # the Trainer's default
+              "adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+
+
 def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
                        find_unused_parameters: bool = False, probe: bool = False,
                        best: tuple[str, bool] | None = None):
@@ -66,6 +71,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         gradient_accumulation_steps=t.gradient_accumulation_steps,
         learning_rate=t.learning_rate,
         weight_decay=t.weight_decay,
+        optim=OPTIMIZERS[getattr(t, "optimizer", "adamw")],  # recipes saved before it: adamw
         warmup_steps=t.warmup,  # transformers 5: a value below 1 is a ratio of the total steps
         lr_scheduler_type=t.lr_scheduler,
         max_grad_norm=t.max_grad_norm,
@@ -136,7 +142,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
+    own_loss = None if recipe.strategy_impl.adds_to_model_loss(recipe.strategy) else task.training_loss()
+    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id), own_loss)
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
                if power else None)
@@ -158,6 +165,44 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
         )
     quiet_raw_logs(trainer)
     return trainer
+
+
+def with_task_loss(trainer_cls, task_loss):
+    """trainer_cls, or a subclass whose training batches take the task's loss (causal LM: the
+    output layer on completion positions only, tasks/completion_loss.py) where the task offers one.
+    Evaluation, and runs with class weights or label smoothing, keep the Trainer's own path.
+
+    The task's loss stands in for the model inside the Trainer's compute_loss, which then does what
+    it does with a model's loss: num_items_in_batch passed where the model accepts loss kwargs, the
+    scaling across processes and for gradient accumulation."""
+    if task_loss is None:
+        return trainer_cls
+
+    class TaskLossTrainer(trainer_cls):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if (model.training and not return_outputs and self.compute_loss_func is None
+                    and self.label_smoother is None):
+                model = TaskLossModel(model, self.accelerator.unwrap_model(model), task_loss)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+    return TaskLossTrainer
+
+
+class TaskLossModel:
+    """Called like the model by Trainer.compute_loss: {"loss": the task's loss}, or the model's
+    own output where the task's loss declines (it checks the model once)."""
+
+    def __init__(self, model, unwrapped, task_loss):
+        self.model, self.unwrapped, self.task_loss = model, unwrapped, task_loss
+        self.training = model.training
+
+    def __call__(self, labels=None, num_items_in_batch=None, **inputs):
+        loss = None if labels is None else self.task_loss(self.model, self.unwrapped, inputs, labels,
+                                                          num_items_in_batch)
+        if loss is not None:
+            return {"loss": loss}
+        extra = {} if num_items_in_batch is None else {"num_items_in_batch": num_items_in_batch}
+        return self.model(labels=labels, **inputs, **extra)
 
 
 def quiet_raw_logs(trainer) -> None:

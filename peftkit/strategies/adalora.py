@@ -41,6 +41,9 @@ class AdaLoraStrategy(PeftStrategy):
     weighted_refusal = "peft has no weighted combination of AdaLoRA adapters"
     plot_markers = {"adalora": "^"}
 
+    def adds_to_model_loss(self, cfg) -> bool:
+        return cfg.orth_reg_weight > 0   # peft adds it to outputs.loss only
+
     def peft_config(self, model, cfg, ctx):
         from peft import AdaLoraConfig
 

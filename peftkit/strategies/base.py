@@ -75,6 +75,11 @@ class Strategy:
     serves_many: bool = False
     serve_refusal: str = "its result is not an adapter that several runs can share one base with"
 
+    def adds_to_model_loss(self, cfg) -> bool:
+        """True where the method adds a term to the loss the model's forward computes (AdaLoRA's
+        orthogonality regulariser): a task's own training loss (Task.training_loss) would lose it."""
+        return False
+
     def apply(self, model, cfg, ctx: ApplyContext):
         raise NotImplementedError
 

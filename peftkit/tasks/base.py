@@ -59,6 +59,12 @@ class Task:
     def collator(self, tokenizer, pad_to_multiple_of: int | None = None):
         raise NotImplementedError
 
+    def training_loss(self):
+        """The loss of a training batch, computed by the task instead of the model's forward
+        (train.with_task_loss: called with the model, its unwrapped self, inputs, labels and
+        num_items_in_batch, it returns the loss or None for the model's own); None: the model's."""
+        return None
+
     def compute_metrics(self, labels, recipe):
         """A function (EvalPrediction) -> dict for the Trainer."""
         raise NotImplementedError

@@ -66,6 +66,12 @@ class CausalLM(Task):
     def collator(self, tokenizer, pad_to_multiple_of=None):
         return CompletionCollator(tokenizer.pad_token_id, pad_to_multiple_of)
 
+    def training_loss(self):
+        """The output layer on completion positions only, fp32 cross-entropy in chunks."""
+        from peftkit.tasks.completion_loss import CompletionLoss
+
+        return CompletionLoss()
+
     def preprocess_logits(self, logits, labels):
         if isinstance(logits, tuple):
             logits = logits[0]
