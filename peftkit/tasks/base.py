@@ -27,6 +27,7 @@ class Task:
     # outnumbers its smallest this many times (None: never; see auto_class_weights)
     auto_balance_ratio: float | None = 4.0
     generates: bool = False         # continues prompts (`peftkit serve`'s OpenAI endpoints)
+    gguf: bool = False              # a plain decoder LM that llama.cpp runs (--format gguf)
 
     def check_metric(self, metric: str | None, problems: list[str]) -> None:
         """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""

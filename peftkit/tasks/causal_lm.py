@@ -33,6 +33,7 @@ class CausalLM(Task):
     columns = ("prompt", "target")
     auto_balance_ratio = None          # no classes
     generates = True
+    gguf = True
 
     def encode(self, raw, tokenizer, recipe, labels):
         max_length = recipe.data.max_length
