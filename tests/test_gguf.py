@@ -223,13 +223,11 @@ def test_smollm2_lora_in_llama_cpp(tmp_path):
 
 def dequantized(source: Path, out: Path) -> Path:
     """`source` with every tensor de-quantized to f32, its metadata as it is."""
+    from peftkit.export.gguf import copy_metadata
+
     reader = gguf.GGUFReader(str(source))
     writer = gguf.GGUFWriter(str(out), "llama")
-    for field in reader.fields.values():
-        if not field.name.startswith(("GGUF.", "general.architecture", "general.file_type")):
-            kind = field.types[0]
-            sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
-            writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    copy_metadata(reader, writer)
     writer.add_file_type(gguf.LlamaFileType.ALL_F32)
     for t in reader.tensors:
         writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
