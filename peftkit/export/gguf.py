@@ -37,8 +37,9 @@ def gguf_dtype(dtype: str | None) -> str:
     return dtype
 
 
-def base_gguf(run: RunInfo) -> Path:
-    """The run's base as a GGUF file, or a one-line refusal (task, architecture, source)."""
+def base_gguf(run: RunInfo):
+    """(path, gguf.GGUFReader) of the run's base GGUF file, or a one-line refusal (task,
+    architecture, source)."""
     import gguf
 
     from peftkit.models import source_of
@@ -54,11 +55,12 @@ def base_gguf(run: RunInfo) -> Path:
                          "carries the base GGUF's tokenizer and metadata over; train from a GGUF "
                          "base (model.name: a .gguf file, or smollm2-135m) or use --format hf")
     path = Path(source.path) / source.gguf_file
-    arch = gguf.GGUFReader(str(path)).fields["general.architecture"].contents()
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.fields["general.architecture"].contents()
     if arch != ARCH:
         raise UsageError(f"{path}: architecture {arch!r}; --format gguf writes Llama-architecture "
                          "models only (their Q/K layout is known); use --format hf")
-    return path
+    return path, reader
 
 
 # ---------------------------------------------------------------- merged model
@@ -71,10 +73,9 @@ def merge_gguf(run_dir, out, dtype: str | None = None, overwrite: bool = False,
     run = RunInfo(Path(run_dir), trust_remote_code)
     check_mergeable(run)
     dtype = gguf_dtype(dtype)
-    base = base_gguf(run)
+    base, reader = base_gguf(run)
     out = check_out_file(Path(out), ".gguf", overwrite)
     model, _, _, _ = merged_model(run)
-    reader = gguf.GGUFReader(str(base))
     tensors = gguf_weights(model)
     check_against_base(tensors, reader, base)
     with staged_file(out) as tmp:
@@ -148,12 +149,11 @@ def export_gguf(run_dir, out, overwrite: bool = False, trust_remote_code: bool =
         raise UsageError(f"{run.dir}: a {run.recipe.strategy_name} adapter cannot be written as a "
                          f"llama.cpp adapter: {refusal}. Merge it instead: peftkit merge {run.dir} "
                          "--format gguf --out model.gguf")
-    base = base_gguf(run)
+    base, reader = base_gguf(run)
     out = check_out_file(Path(out), ".gguf", overwrite)
     check_adapter_only(run)
     model, _, _, _, _ = load_run(run.dir, quantization="none", recipe=run.recipe,
                                  trust_remote_code=trust_remote_code)
-    reader = gguf.GGUFReader(str(base))
     tensors, alpha = lora_tensors(strategy, model, reader, base)
     with staged_file(out) as tmp:
         writer = gguf.GGUFWriter(str(tmp), ARCH)
