@@ -51,9 +51,13 @@ def base_gguf(run: RunInfo):
                          "causal language models; use --format hf")
     source = source_of(recipe)
     if not source.gguf_file:
+        # which llama.cpp pre-tokenizer a transformers tokenizer needs is known only to
+        # llama.cpp's convert_hf_to_gguf.py (a table of hashes); a wrong guess tokenizes silently
+        # differently, so the tokenizer must come from a GGUF file
         raise UsageError(f"{run.dir}: its base {source.label} is not a GGUF file. --format gguf "
-                         "carries the base GGUF's tokenizer and metadata over; train from a GGUF "
-                         "base (model.name: a .gguf file, or smollm2-135m) or use --format hf")
+                         "carries the base GGUF's tokenizer and metadata over; convert the base "
+                         "with llama.cpp's convert_hf_to_gguf.py and train from that file "
+                         "(model.name: FILE.gguf; smollm2-135m is one), or use --format hf")
     path = Path(source.path) / source.gguf_file
     reader = gguf.GGUFReader(str(path))
     arch = reader.fields["general.architecture"].contents()
