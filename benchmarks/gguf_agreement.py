@@ -7,7 +7,8 @@ The reference is transformers' greedy continuation on the unmerged run (PeftMode
 the run's first test prompts, rendered as the run renders them. Each row is llama.cpp
 (llama-cpp-python, one thread) greedy on the same prompt ids:
 
-    merged f32 / f16 / q8_0      peftkit merge RUN --format gguf --dtype ...
+    merged f32 / f16 / q8_0      peftkit merge RUN --format gguf --dtype ... (f16 / q8_0 from the
+                                 same merged model through write_merged, not loaded again)
     base + adapter               the base GGUF as shipped + peftkit export RUN --format gguf
     base f32 + adapter           the base de-quantized to f32 (what transformers computes with)
     base alone                   no adapter: how far the run's own tokens are from the base's
@@ -38,7 +39,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    from peftkit.export.gguf import export_gguf, merge_gguf
+    from peftkit.export.gguf import export_gguf, merge_gguf, write_merged
     from peftkit.models import source_of
     from peftkit.rundir import load_run
     from peftkit.tasks.causal_lm import Sampling, chat_prompts, generate_ids
@@ -52,8 +53,12 @@ def main() -> None:
     base = Path(source.path) / source.gguf_file
     adapter = export_gguf(args.run, work / "adapter.gguf", overwrite=True)
     rows = []
-    for dtype in ("f32", "f16", "q8_0"):
-        merged = merge_gguf(args.run, work / f"merged-{dtype}.gguf", dtype=dtype, overwrite=True)
+    merged = merge_gguf(args.run, work / "merged-f32.gguf", dtype="f32", overwrite=True)
+    rows.append(("merged f32", agreement(cpp_greedy(merged, prompts, args.tokens), want)))
+    plain = recipe.strategy_impl.merge(model)  # = what merge_gguf writes, without loading it again
+    for dtype in ("f16", "q8_0"):
+        merged = work / f"merged-{dtype}.gguf"
+        write_merged(plain, base, gguf.GGUFReader(str(base)), merged, dtype)
         rows.append((f"merged {dtype}", agreement(cpp_greedy(merged, prompts, args.tokens), want)))
     rows.append((f"base ({base_type(base)}) + adapter",
                  agreement(cpp_greedy(base, prompts, args.tokens, adapter), want)))

@@ -72,14 +72,20 @@ def base_gguf(run: RunInfo):
 def merge_gguf(run_dir, out, dtype: str | None = None, overwrite: bool = False,
                trust_remote_code: bool = False) -> Path:
     """One run merged into one GGUF file at `out`."""
-    import gguf
-
     run = RunInfo(Path(run_dir), trust_remote_code)
     check_mergeable(run)
     dtype = gguf_dtype(dtype)
     base, reader = base_gguf(run)
     out = check_out_file(Path(out), ".gguf", overwrite)
     model, _, _, _ = merged_model(run)
+    write_merged(model, base, reader, out, dtype)
+    return out
+
+
+def write_merged(model, base: Path, reader, out: Path, dtype: str) -> None:
+    """The merged model's tensors with the base file's metadata, `dtype` (f32, f16, q8_0)."""
+    import gguf
+
     tensors = gguf_weights(model)
     check_against_base(tensors, reader, base)
     with staged_file(out) as tmp:
@@ -91,7 +97,6 @@ def merge_gguf(run_dir, out, dtype: str | None = None, overwrite: bool = False,
         for t in reader.tensors:  # the base's order
             add_tensor(writer, t.name, tensors[t.name], dtype)
         finish(writer)
-    return out
 
 
 def gguf_weights(model) -> dict:
