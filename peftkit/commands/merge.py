@@ -14,13 +14,17 @@ METHODS = ["linear", "cat", "svd", "ties", "ties_svd", "dare_linear", "dare_ties
 
 @click.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="folder to write")
-@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx"]), default="safetensors",
-              show_default=True,
+@click.option("--out", required=True, type=click.Path(),
+              help="folder to write (--format gguf: the .gguf file)")
+@click.option("--format", "fmt", type=click.Choice(["safetensors", "onnx", "gguf"]),
+              default="safetensors", show_default=True,
               help="safetensors: a transformers model folder; onnx: an ONNX graph for ONNX Runtime "
-                   "(token and sequence classification; pip install 'peftkit[onnx]')")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
-              show_default=True, help="dtype of the saved weights (onnx: float32)")
+                   "(token and sequence classification; pip install 'peftkit[onnx]'); gguf: one "
+                   "file for llama.cpp (a causal-LM run on a Llama-architecture GGUF base, e.g. "
+                   "smollm2-135m)")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16", "f32", "f16", "q8_0"]),
+              help="dtype of the saved weights. safetensors: float32 (default), bfloat16, float16; "
+                   "onnx: float32; gguf: f32 (default), f16, q8_0")
 @click.option("--weights", help="several runs: comma-separated weights, one per run (default: equal)")
 @click.option("--method", type=click.Choice(METHODS), default="linear", show_default=True,
               help="several runs: peft's combination_type. linear mixes the A and B matrices "
@@ -40,14 +44,18 @@ def merge(runs, out, fmt, dtype, weights, method, density, svd_rank, overwrite, 
     One run: its LoRA / DoRA / AdaLoRA / IA3 adapter is folded into the base (reloaded in full
     precision); a full fine-tune is saved as it is. Several runs on the same base and task:
     their adapters are combined with --weights and --method through peft, then folded in.
-    --format onnx writes the merged model as an ONNX graph (torch.onnx.export) instead.
+    --format onnx writes the merged model as an ONNX graph (torch.onnx.export) instead;
+    --format gguf: one run's merged weights as a GGUF file with the base GGUF's tokenizer.
     """
     from peftkit.export import merge_run, merge_weighted
     from peftkit.output import route_libraries
 
     route_libraries()  # load reports and library warnings only with -v
     before_push(push_to_hub, private)
+    if fmt == "gguf":
+        return merge_to_gguf(runs, out, dtype, weights, overwrite, trust_remote_code, push_to_hub)
 
+    dtype = dtype or "float32"
     if len(runs) == 1 and weights is None:
         folder = merge_run(runs[0], out, dtype=dtype, overwrite=overwrite,
                            trust_remote_code=trust_remote_code, fmt=fmt)
@@ -62,6 +70,19 @@ def merge(runs, out, fmt, dtype, weights, method, density, svd_rank, overwrite, 
         click.echo(f"merged model written to {folder}")
         click.echo(f"load it with transformers' from_pretrained, or: peftkit predict {folder} \"text\"")
     push(folder, push_to_hub, private)
+
+
+def merge_to_gguf(runs, out, dtype, weights, overwrite, trust_remote_code, push_to_hub) -> None:
+    from peftkit.export.gguf import merge_gguf
+
+    if len(runs) > 1 or weights is not None:
+        raise click.UsageError("--format gguf merges one run; combine several with --format safetensors")
+    if push_to_hub:
+        raise click.UsageError("--push-to-hub uploads folders; --format gguf writes one file")
+    path = merge_gguf(runs[0], out, dtype=dtype, overwrite=overwrite,
+                      trust_remote_code=trust_remote_code)
+    click.echo(f"merged GGUF written to {path}")
+    click.echo(f"run it with llama.cpp: llama-cli -m {path}, or llama_cpp.Llama(model_path=...)")
 
 
 def parse_weights(text: str | None) -> list[float] | None:

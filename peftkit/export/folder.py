@@ -86,6 +86,42 @@ def staged(out: Path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def check_out_file(out: Path, suffix: str, overwrite: bool) -> Path:
+    """One-file outputs (`--format gguf`): --out names the file; an existing one is replaced
+    only with --overwrite and only when it is of the kind we write (its first bytes say so)."""
+    out = Path(os.path.expanduser(out)).resolve()
+    if out.suffix != suffix:
+        raise UsageError(f"--out {out}: a {suffix} file is written here; give a name ending in "
+                         f"{suffix}, e.g. --out model{suffix}")
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give a file name ending in {suffix}")
+    if out.exists() and not overwrite:
+        raise UsageError(f"--out {out} exists; pass --overwrite to replace it or choose another name")
+    if out.exists() and out.open("rb").read(4) != suffix.lstrip(".").upper().encode():
+        raise UsageError(f"--out {out} exists and is not a {suffix} file; peftkit never deletes "
+                         "it, not even with --overwrite. Choose another name")
+    return out
+
+
+@contextlib.contextmanager
+def staged_file(out: Path):
+    """Yield a temporary sibling path of the file `out`; on success it replaces `out` at once
+    (a crash leaves the old file or the new one, never half of one)."""
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(out.parent, exc) from None
+    clear_leftovers(out)
+    try:
+        yield tmp
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise write_error(out, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 LEFTOVER = re.compile(r"^\.(?P<name>.+)\.(?P<kind>partial|old)-(?P<pid>\d+)$")
 
 
@@ -97,7 +133,13 @@ def clear_leftovers(out: Path) -> None:
         return
     for path in sorted(out.parent.iterdir()):
         m = LEFTOVER.match(path.name)
-        if not m or m["name"] != out.name or not path.is_dir() or alive(int(m["pid"])):
+        if not m or m["name"] != out.name or alive(int(m["pid"])):
+            continue
+        if m["kind"] == "partial" and path.is_file():  # a one-file output (staged_file)
+            path.unlink(missing_ok=True)
+            print(f"note: removed {path}, left by an interrupted merge or export (pid {m['pid']})")
+            continue
+        if not path.is_dir():
             continue
         if m["kind"] == "old" and not out.exists():
             os.replace(path, out)

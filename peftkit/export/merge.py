@@ -36,15 +36,11 @@ def merge_run(run_dir, out, dtype: str = "float32", overwrite: bool = False,
     """Merge one run's adapter into its base (a full fine-tune is saved as it is).
     `trust_remote_code`: the command's flag (the run folder's recipe never decides it).
     `fmt`: safetensors (a transformers folder) or onnx."""
-    from peftkit.rundir import load_run
-
     run = RunInfo(Path(run_dir), trust_remote_code)
     check_mergeable(run)
     check_format(run.recipe, dtype, fmt)
     out = check_out(Path(out), overwrite, [run.dir])
-    model, tokenizer, recipe, labels, task = load_run(run.dir, quantization="none", recipe=run.recipe,
-                                                      trust_remote_code=trust_remote_code)
-    merged = recipe.strategy_impl.merge(model)
+    merged, tokenizer, recipe, labels = merged_model(run)
     sources = [{"run": str(run.dir), "weight": 1.0}]
     save(fmt, merged, tokenizer, out, recipe, labels, dtype, sources, [run.result],
          trust_remote_code=trust_remote_code)
@@ -68,6 +64,15 @@ def save(fmt: str, model, tokenizer, out: Path, recipe, labels, dtype: str, sour
     else:
         save_merged(model, tokenizer, out, recipe, labels, dtype, sources, results, method=method,
                     trust_remote_code=trust_remote_code)
+
+
+def merged_model(run: "RunInfo"):
+    """(plain merged model, tokenizer, recipe, labels) of one run, its base in full precision."""
+    from peftkit.rundir import load_run
+
+    model, tokenizer, recipe, labels, _ = load_run(run.dir, quantization="none", recipe=run.recipe,
+                                                   trust_remote_code=run.trust_remote_code)
+    return recipe.strategy_impl.merge(model), tokenizer, recipe, labels
 
 
 def check_mergeable(run: "RunInfo") -> None:

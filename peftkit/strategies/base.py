@@ -104,6 +104,16 @@ class Strategy:
         `adapter_names`); False: `peftkit serve` runs them adapter by adapter (set_adapter)."""
         return False
 
+    def gguf_adapter_refusal(self, cfg) -> str | None:
+        """`peftkit export --format gguf`: why llama.cpp cannot load this run's adapter beside its
+        base (None: it can, and lora_pairs gives the tensors)."""
+        return ("llama.cpp's adapter files hold LoRA A/B pairs only, and this method's result is "
+                "not one")
+
+    def lora_pairs(self, model, adapter: str = "default"):
+        """(module name, A, B, scaling) of each adapted linear layer: delta W = scaling * B @ A."""
+        raise PeftkitError(f"strategy {self.name!r} has no LoRA pairs")
+
     def report(self, model) -> dict:
         """Extra facts about the trained model for result.json (AdaLoRA: the ranks it kept)."""
         return {}

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from peftkit.errors import PeftkitError
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
 
 INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -28,6 +29,27 @@ class LoraStrategy(PeftStrategy):
         # peft's mixed-adapter batches cover LoRA layers and modules_to_save heads, not DoRA
         # ("Cannot pass `adapter_names` when DoRA is enabled")
         return not cfg.use_dora
+
+    def gguf_adapter_refusal(self, cfg) -> str | None:
+        if cfg.use_dora:
+            return "llama.cpp's LoRA adapters have no DoRA magnitude vectors"
+        if cfg.init in ("pissa", "olora"):  # these change the base weights the adapter sits on
+            return f"init {cfg.init} trains against a modified base, not the base GGUF file"
+        if cfg.bias != "none":
+            return f"bias {cfg.bias} trains base biases, which llama.cpp adapters cannot carry"
+        return None
+
+    def lora_pairs(self, model, adapter: str = "default"):
+        from peft.tuners.lora import Linear, LoraLayer
+
+        for name, module in model.named_modules():
+            if not isinstance(module, LoraLayer) or adapter not in module.lora_A:
+                continue
+            if not isinstance(module, Linear):  # embeddings and convolutions: A/B laid out otherwise
+                raise PeftkitError(f"LoRA on {name} ({type(module).__name__}): llama.cpp adapter "
+                                   "files take LoRA on linear layers only")
+            yield (name.removeprefix("base_model.model."), module.lora_A[adapter].weight,
+                   module.lora_B[adapter].weight, module.scaling[adapter])
 
     def peft_config(self, model, cfg, ctx):
         from peft import LoraConfig

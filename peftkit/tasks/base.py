@@ -34,6 +34,7 @@ class Task:
     # libraries its metrics import when a run scores (peftkit.metrics): `peftkit plan` imports
     # them too, so that its baseline memory is the run's
     metric_modules: tuple[str, ...] = ()
+    gguf: bool = False              # a plain decoder LM that llama.cpp runs (--format gguf)
 
     def check_metric(self, metric: str | None, problems: list[str]) -> None:
         """eval.metric must be one this task reports (issue 17: `bleu` for NER printed None)."""

@@ -36,6 +36,7 @@ class CausalLM(Task):
     generates = True
     onnx_refusal = ("generation calls the model once per new token with a growing key/value "
                     "cache, which one exported forward pass does not carry")
+    gguf = True
 
     def encode(self, raw, tokenizer, recipe, labels):
         max_length = recipe.data.max_length
