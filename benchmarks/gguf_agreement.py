@@ -39,7 +39,7 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="gguf-agreement-"))
     work.mkdir(parents=True, exist_ok=True)
 
-    from peftkit.export.gguf import export_gguf, merge_gguf, write_merged
+    from peftkit.export.gguf import dequantized_copy, export_gguf, merge_gguf, write_merged
     from peftkit.models import source_of
     from peftkit.rundir import load_run
     from peftkit.tasks.causal_lm import Sampling, chat_prompts, generate_ids
@@ -62,7 +62,7 @@ def main() -> None:
         rows.append((f"merged {dtype}", agreement(cpp_greedy(merged, prompts, args.tokens), want)))
     rows.append((f"base ({base_type(base)}) + adapter",
                  agreement(cpp_greedy(base, prompts, args.tokens, adapter), want)))
-    base_f32 = dequantized(base, work / "base-f32.gguf")
+    base_f32 = dequantized_copy(base, work / "base-f32.gguf")
     rows.append(("base f32 + adapter", agreement(cpp_greedy(base_f32, prompts, args.tokens, adapter), want)))
     rows.append(("base alone (no adapter)", agreement(cpp_greedy(base, prompts, args.tokens), want)))
     print(f"run {args.run}, {len(prompts)} test prompts, up to {args.tokens} greedy tokens; "
@@ -112,22 +112,6 @@ def base_type(path: Path) -> str:
     types = {t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors} - {"F32"}
     return "/".join(sorted(types)) or "F32"
 
-
-def dequantized(source: Path, out: Path) -> Path:
-    """`source` with every tensor de-quantized to f32, its metadata as it is."""
-    from peftkit.export.gguf import copy_metadata
-
-    reader = gguf.GGUFReader(str(source))
-    writer = gguf.GGUFWriter(str(out), "llama")
-    copy_metadata(reader, writer)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
 
 
 if __name__ == "__main__":

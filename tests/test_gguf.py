@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from peftkit.cli import main
 from peftkit.errors import UsageError
-from peftkit.export.gguf import export_gguf, merge_gguf
+from peftkit.export.gguf import dequantized_copy, export_gguf, merge_gguf
 from peftkit.models_registry import package_dir
 from peftkit.pipeline import run_recipe
 from peftkit.recipe import build_recipe
@@ -215,27 +215,11 @@ def test_smollm2_lora_in_llama_cpp(tmp_path):
     want = hf_greedy(model.eval(), tokenizer)
     merged = merge_gguf(run, tmp_path / "m.gguf", dtype="f32")
     adapter = export_gguf(run, tmp_path / "a.gguf")
-    base = dequantized(smollm2_gguf(), tmp_path / "base-f32.gguf")
+    base = dequantized_copy(smollm2_gguf(), tmp_path / "base-f32.gguf")
     assert cpp_greedy(merged, tokenizer) == want
     assert cpp_greedy(base, tokenizer, lora=adapter) == want
     assert cpp_greedy(base, tokenizer) != want
 
-
-def dequantized(source: Path, out: Path) -> Path:
-    """`source` with every tensor de-quantized to f32, its metadata as it is."""
-    from peftkit.export.gguf import copy_metadata
-
-    reader = gguf.GGUFReader(str(source))
-    writer = gguf.GGUFWriter(str(out), "llama")
-    copy_metadata(reader, writer)
-    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-    for t in reader.tensors:
-        writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return out
 
 
 # ---------------------------------------------------------------- refusals

@@ -249,3 +249,20 @@ def finish(writer) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+
+def dequantized_copy(source: Path, out: Path) -> Path:
+    """`source` with every tensor de-quantized to f32 and its metadata as it is: the exact base
+    that transformers trains on (it de-quantizes GGUF on load), for llama.cpp comparisons
+    (tests/test_gguf.py, benchmarks/gguf_agreement.py)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(str(source))
+    writer = gguf.GGUFWriter(str(out), "llama")
+    copy_metadata(reader, writer)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for t in reader.tensors:
+        writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
+    finish(writer)
+    return out
