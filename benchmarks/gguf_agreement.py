@@ -86,17 +86,11 @@ def test_prompts(run: Path, n: int) -> list[str]:
 def cpp_greedy(path: Path, prompts: list[list[int]], n: int, lora: Path | None = None):
     from llama_cpp import Llama
 
+    from peftkit.export.gguf import llama_cpp_greedy
+
     llm = Llama(model_path=str(path), lora_path=str(lora) if lora else None, n_ctx=512,
                 n_threads=1, n_threads_batch=1, seed=0, verbose=False)
-    out = []
-    for ids in prompts:
-        got = []
-        for tok in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            if tok == llm.token_eos() or len(got) == n:
-                break
-            got.append(tok)
-        out.append(got)
-    return out
+    return [llama_cpp_greedy(llm, ids, n) for ids in prompts]
 
 
 def agreement(got: list[list[int]], want: list[list[int]]) -> tuple[int, list[int]]:

@@ -19,7 +19,7 @@ from click.testing import CliRunner
 
 from peftkit.cli import main
 from peftkit.errors import UsageError
-from peftkit.export.gguf import dequantized_copy, export_gguf, merge_gguf
+from peftkit.export.gguf import dequantized_copy, export_gguf, llama_cpp_greedy, merge_gguf
 from peftkit.models_registry import package_dir
 from peftkit.pipeline import run_recipe
 from peftkit.recipe import build_recipe
@@ -136,12 +136,7 @@ def cpp_greedy(path: Path, tokenizer, lora: Path | None = None, prompts=PROMPTS,
         ids = tokenizer(text).input_ids
         # the carried tokenizer metadata makes llama.cpp split text as transformers does
         assert llm.tokenize(text.encode(), add_bos=False, special=True) == ids
-        got = []
-        for tok in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
-            if tok == llm.token_eos() or len(got) == n:
-                break
-            got.append(tok)
-        out.append(got)
+        out.append(llama_cpp_greedy(llm, ids, n))
     return out
 
 

@@ -266,3 +266,15 @@ def dequantized_copy(source: Path, out: Path) -> Path:
         writer.add_tensor(t.name, gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32))
     finish(writer)
     return out
+
+
+def llama_cpp_greedy(llm, ids: list[int], n: int) -> list[int]:
+    """What llama.cpp (`llm`: a llama_cpp.Llama over a written file) continues `ids` with,
+    greedily, up to EOS or `n` tokens: the check of tests/test_gguf.py and
+    benchmarks/gguf_agreement.py against transformers' greedy tokens."""
+    got = []
+    for tok in llm.generate(ids, temp=0.0, top_k=1, repeat_penalty=1.0, reset=True):
+        if tok == llm.token_eos() or len(got) == n:
+            break
+        got.append(tok)
+    return got
