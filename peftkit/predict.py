@@ -145,7 +145,7 @@ def evaluate_folder(path, data: str | None = None, split: str | None = None,
     from peftkit.health import split_metrics
 
     scores, health = split_metrics(metrics, "test")
-    return {"folder": str(path), "data": recipe.data.name, "split": recipe.data.test_split,
+    return {"folder": str(path), "data": recipe.data.name, "split": recipe.data.final_split_name,
             "examples": len(test), "metric": recipe.eval.metric or loaded.task.default_metric,
             "precision": precision, "test": {k.removeprefix("test_"): v for k, v in scores.items()},
             "health": health}
@@ -163,8 +163,9 @@ def encode_split(loaded: Loaded, recipe):
         encoded, _ = loaded.task.encode(DatasetDict(train=one, eval=one, test=test),
                                         loaded.tokenizer, recipe, loaded.labels)
     except (KeyError, IndexError) as exc:
-        raise DataError(f"data {recipe.data.name!r} split {recipe.data.test_split!r} has a label the "
-                        f"model was not trained on: {exc}; its labels are {loaded.labels}") from None
+        raise DataError(f"data {recipe.data.name!r} split {recipe.data.final_split_name!r} has a "
+                        f"label the model was not trained on: {exc}; its labels are "
+                        f"{loaded.labels}") from None
     return encoded
 
 
@@ -186,11 +187,14 @@ def eval_recipe(recipe, data=None, split=None, max_samples=None, overrides=()):
     if data is not None:
         d.update(name=data, data_dir=None, config=None, max_test_samples=None,
                  train_file=None, validation_file=None, test_file=None)
-    split = split or d["test_split"] or d["eval_split"]
-    one_file(d, split)
-    # every role reads the one split, so a data set with only that split (or one file) works
-    d.update(train_split=split, eval_split=split, test_split=split, max_train_samples=None,
-             max_eval_samples=None)
+    split = split or d["test_split"] or d["eval_split"] or (None if data is None else "test")
+    # split None: the run scored the part held out of its training split; its recipe as it is cuts
+    # the same examples again (seeded; read_data holds out before any max_*_samples)
+    if split is not None:
+        one_file(d, split)
+        # every role reads the one split, so a data set with only that split (or one file) works
+        d.update(train_split=split, eval_split=split, test_split=split, max_train_samples=None,
+                 max_eval_samples=None)
     if max_samples is not None:
         d["max_test_samples"] = max_samples
     # the run's own data resolves against its folder; --data is the user's, against the cwd

@@ -65,8 +65,12 @@ class DataSection:
                                  "number (>= 1) of training examples held out as one, seeded by "
                                  "train.seed", gt=0)
     train_split: str = opt("train", "split to train on")
-    eval_split: str = opt("validation", "split evaluated during training")
-    test_split: str | None = opt("test", "split of the final metrics (null: use eval_split)")
+    eval_split: str | None = opt("validation", "split evaluated during training (null: the data has "
+                                 "none to use; hold one out of the training split, "
+                                 "data.validation_size)")
+    test_split: str | None = opt("test", "split of the final metrics (null: use eval_split; both "
+                                 "null: the part held out of the training split, said so in the "
+                                 "data report)")
     max_length: int = opt(128, "tokens per example after tokenization", min=8)
     max_train_samples: int | None = opt(None, "use only the first N training examples", min=1)
     max_eval_samples: int | None = opt(None, "use only the first N evaluation examples", min=1)
@@ -86,6 +90,11 @@ class DataSection:
     template: str = opt("tokenizer", "causal-lm: how a prompt is written out: the tokenizer's chat "
                         "template (plain where it has none), plain text, or the Alpaca layout",
                         choices=["tokenizer", "plain", "alpaca"])
+
+    @property
+    def final_split_name(self) -> str:
+        """The split the final metrics come from, as people read it (cards, `peftkit eval`)."""
+        return self.test_split or self.eval_split or f"{self.train_split} (the held-out part)"
 
 
 @dataclass

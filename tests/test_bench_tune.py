@@ -180,8 +180,50 @@ def test_tune_without_optuna_says_how_to_install(tiny_bert_dir, tmp_path, monkey
     assert "Traceback" not in result.output
 
 
-def test_tune_refuses_when_test_and_validation_are_one_split(tiny_bert_dir, tmp_path):
-    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1})
+def test_validation_that_is_the_test_split_is_held_out_of_train_for_the_trials(
+        tiny_bert_dir, tmp_path, monkeypatch):
+    """test_split: null (SST-2's dev is both): trials hold validation out of train, and not one
+    example of the test split reaches a trial; the seed runs still score on it."""
+    from peftkit.data.readers import builtin_dataset, load_raw
+    from peftkit.tasks import get_task
+
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1, "seeds": 1})
+    real, seen = pipeline.run_recipe, {}
+
+    def spy(recipe, run_dir, **kwargs):  # the real run, after noting every example it reads
+        raw = load_raw(recipe, get_task(recipe.task))
+        seen[Path(run_dir).name] = {tuple(r["tokens"]) for role in raw for r in raw[role]}
+        return real(recipe, run_dir=run_dir, **kwargs)
+
+    monkeypatch.setattr(pipeline, "run_recipe", spy)
+    out = tmp_path / "o"
     result = CliRunner().invoke(main, ["bench", str(path), "--tune", "data.test_split=null",
-                                       "--out", str(tmp_path / "o")])
-    assert result.exit_code == 2 and "separate" in result.output and "Traceback" not in result.output
+                                       "data.validation_size=12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert ("trials are scored on a validation split held out of demo-ner:train (seed 1, "
+            "data.validation_size 12)") in result.output
+    tuning = json.loads((out / "tuning.json").read_text())["lora"]
+    assert tuning["trials_scored_on"].startswith("held out of demo-ner:train")
+    assert "Trials scored on: held out of demo-ner:train" in (out / "results.md").read_text()
+    trial = json.loads(next((out / "trials" / "lora").glob("*/result.json")).read_text())
+    splits = trial["data"]["splits"]
+    assert "held out of train: 12 of 3,000 examples" in splits["eval"]["how"]
+    assert splits["test"]["from"] == splits["eval"]["from"] == "demo-ner:train"
+    assert trial["examples"]["test"] == 12
+    data = builtin_dataset("demo-ner")
+    test_only = {tuple(t) for t in data["validation"]["tokens"]} - {tuple(t) for t in data["train"]["tokens"]}
+    trials = [name for name in seen if name.startswith("trial-")]
+    assert trials and all(not seen[name] & test_only for name in trials)
+    run = json.loads((out / "runs" / "lora" / "result.json").read_text())
+    assert run["data"]["splits"]["test"]["from"] == "demo-ner:validation"  # the seed run: test = dev
+    assert seen["lora"] & test_only
+
+
+def test_tune_refuses_a_suite_whose_results_are_scored_on_training_data(tiny_bert_dir, tmp_path):
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 1})
+    for overrides in (["data.test_split=null", "data.eval_split=null"], ["data.test_split=train"]):
+        result = CliRunner().invoke(main, ["bench", str(path), "--tune", *overrides,
+                                           "--out", str(tmp_path / "o")])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+        assert "keeps the test examples out of the search" in result.output
+        assert not (tmp_path / "o" / "trials").exists()

@@ -215,6 +215,41 @@ def test_a_single_file_validates_and_runs(tmp_path, tiny_bert_dir):
     assert result["examples"]["train"] == 27
 
 
+def test_eval_split_null_holds_validation_out_of_train_and_ignores_the_data_s_own(tmp_path):
+    folder = write_split_files(tmp_path / "d", {"train": "train.txt", "validation": "dev.txt",
+                                                "test": "test.txt"}, conll_text)
+    raw_recipe = {"task": "token-classification",
+                  "data": {"name": str(folder), "eval_split": None, "validation_size": 5}}
+
+    def read(*overrides):
+        recipe = build_recipe(raw_recipe, list(overrides), source=str(tmp_path / "r.yaml"))
+        raw, report = read_data(recipe, get_task(recipe.task))
+        return {role: [tuple(r["tokens"]) for r in raw[role]] for role in raw}, report.record()
+
+    parts, record = read()
+    d = demo("ner")
+    rows = [tuple(r["tokens"]) for r in d["train"]]
+    assert len(parts["eval"]) == 5 and len(parts["train"]) == 25
+    assert sorted(parts["train"] + parts["eval"]) == sorted(rows) and not set(parts["train"]) & set(parts["eval"])
+    assert not set(parts["eval"]) & {tuple(r["tokens"]) for r in d["validation"]}  # dev.txt unread
+    assert parts["test"] == [tuple(r["tokens"]) for r in d["test"]]
+    splits = record["splits"]
+    assert splits["eval"]["from"].endswith("train.txt") and splits["eval"]["examples"] == 5
+    assert "held out of train: 5 of 30 examples" in splits["eval"]["how"] and "seed 42" in splits["eval"]["how"]
+    assert read()[0]["eval"] == parts["eval"]  # the same seed cuts the same examples
+    assert read("train.seed=7")[0]["eval"] != parts["eval"]
+    # both null: the held-out part is scored at the end, and the data report says so
+    both, record = read("data.test_split=null")
+    assert both["test"] == both["eval"] == parts["eval"]
+    assert "the part held out of train is scored at the end" in record["splits"]["test"]["how"]
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw_recipe))
+    out = CliRunner().invoke(main, ["inspect-data", str(path)])
+    assert out.exit_code == 0, out.output
+    assert "eval: " in out.output and "held out of train: 5 of 30 examples" in out.output
+    assert "dev.txt" not in out.output
+
+
 # ---------------------------------------------------------------- classification
 
 @pytest.mark.parametrize("kind", ["save_to_disk", "parquet", "per-split keys with odd names"])

@@ -183,6 +183,22 @@ def test_eval_on_another_data_folder_and_split(lora_run, tmp_path):
     assert evaluate_folder(lora_run, data=str(folder), split="test", max_samples=3)["examples"] == 3
 
 
+def test_eval_of_a_run_scored_on_held_out_training_data_scores_the_same_examples(tiny_bert_dir, tmp_path):
+    from peftkit.data.readers import load_raw
+    from peftkit.predict import eval_recipe
+    from peftkit.tasks import get_task
+
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run")
+    raw["data"].update(eval_split=None, test_split=None, validation_size=10)
+    recipe = build_recipe(raw)
+    task = get_task(recipe.task)
+    again = eval_recipe(recipe)  # both splits null: the run scored the part held out of train
+    assert load_raw(again, task)["test"].to_list() == load_raw(recipe, task)["test"].to_list()
+    assert len(load_raw(again, task)["test"]) == 10
+    assert again.data.final_split_name == "train (the held-out part)"
+    assert eval_recipe(recipe, data="demo-ner").data.test_split == "test"  # other data: its test split
+
+
 def test_eval_names_tags_the_model_never_learned(lora_run, tmp_path):
     unknown = {"tokens": ["Acme", "Corp"], "ner_tags": ["B-COMPANY", "I-COMPANY"]}
     folder = write_conll(tmp_path / "data", [unknown])

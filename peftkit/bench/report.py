@@ -212,7 +212,7 @@ def chosen(tuning: dict | None) -> dict | None:
     if not tuning:
         return None
     return {k: tuning.get(k) for k in ("study", "params", "best_trial", "best_value", "trials",
-                                       "complete", "pruned", "failed")}
+                                       "complete", "pruned", "failed", "trials_scored_on")}
 
 
 def to_csv(records: list[dict]) -> str:
@@ -268,11 +268,14 @@ def tuning_section(rows: list[dict]) -> list[str]:
              str(t["trials"]), str(t["complete"]), str(t["pruned"]), str(t["failed"]), t["study"]]
             for r in tuned for t in [r["tuning"]]]
     first = tuned[0]["tuning"]
+    scored = sorted({t["trials_scored_on"] for r in tuned for t in [r["tuning"]]
+                     if t.get("trials_scored_on")})  # tuning.json of an older peftkit has none
     return ["## Tuning", "",
             f"Optuna TPE search per variant on the validation split ({first['budget']} trials "
             f"each, pruner {first['pruner']}), then the best setting trained once per seed and "
             f"scored on test. Every trial, pruned and failed ones included, is in `trials.csv` and "
-            f"`tuning.json`; storage: `{first['storage']}`.", "",
+            f"`tuning.json`; storage: `{first['storage']}`."
+            + "".join(f" Trials scored on: {s}." for s in scored), "",
             markdown_table(head, body, right={3, 4, 5, 6, 7}), ""]
 
 

@@ -2,13 +2,19 @@
 setting once per seed on test (issue 16).
 
     suite (tune: section) ─▶ per variant group: optuna study "<suite>:<group>" in the storage
-        trial = pipeline.run_recipe(variant + suggested lr [+ size], test_split: null)
+        trial = pipeline.run_recipe(variant + suggested lr [+ size], test_split: null
+                                    [, eval_split: null where validation is the test split])
                 └ ReportToStudy: validation metric ─▶ trial.report ─▶ pruner ─▶ TrialPruned
     best trial's params ─▶ the group's variants (one per seed) ─▶ runner.run_suite (test split)
     DIR/tune.db (default storage) · DIR/trials/<group>/trial-NNN/ · tuning.json · trials.csv
 
 A trial is an ordinary run through the same pipeline; only its final metrics come from the
-validation split (data.test_split: null), so the test split never steers the search. The budget
+validation split (data.test_split: null), so the test split never steers the search. Where a
+variant's validation split is also the one its results are reported on (SST-2: dev is the only
+labelled split besides train), its trials hold a validation split out of train instead
+(data.eval_split: null, data.validation_size, seeded by train.seed); the line that starts the
+group and tuning.json (`trials_scored_on`) say so. check_test_unseen refuses what could still let
+a trial read the test examples. The budget
 counts completed, pruned and failed trials; a trial cut short by Ctrl-C or a killed process
 (FAIL without an error of its own) does not count, so a rerun replaces it. Several processes on
 one storage (--storage) share a study: each runs trials until the shared count reaches the
@@ -53,30 +59,57 @@ def tune_suite(suite: Suite, out: Path, storage_url: str | None = None, echo=cli
     group's best trial (or blocked when none completed). Writes tuning.json and trials.csv."""
     optuna = require_optuna()
     spec = dataclasses.replace(suite.tune, trials=trials or suite.tune.trials)
-    check_held_out(suite)
+    check_test_unseen(suite)
     storage, label = open_storage(optuna, storage_url, Path(out))
     summaries, tuned = {}, []
     for group, variants in groups(suite).items():
         study = open_study(optuna, storage, f"{suite.name}:{group}", spec, variants[0],
                            shared=storage_url is not None)
+        scored_on = trial_origins(variants[0].recipe).get("test")
+        if held_out_for_trials(variants[0].recipe):
+            echo(click.style(f"tune {group}: its validation split is its test split, so trials "
+                             f"are scored on a validation split {scored_on} "
+                             "(data.eval_split: null)", fg="yellow"))
         run_trials(optuna, study, group, variants[0], spec, Path(out), echo)
-        summaries[group] = summarize_study(optuna, study, spec, label)
+        summaries[group] = {**summarize_study(optuna, study, spec, label),
+                            "trials_scored_on": scored_on}
         tuned += [with_best(v, summaries[group]) for v in variants]
     write_records(Path(out), summaries)
     return dataclasses.replace(suite, variants=tuned)
 
 
-def check_held_out(suite: Suite) -> None:
-    """Trials are scored on data.eval_split: refuse when the results are scored on it too
-    (SST-2's dev set is both), or the search would have seen the test set."""
-    same = sorted({v.group for v in suite.variants
-                   if (v.recipe.data.test_split or v.recipe.data.eval_split) == v.recipe.data.eval_split})
-    if same:
+def check_test_unseen(suite: Suite) -> None:
+    """Refuse a variant whose trials would read its test examples: trained on them
+    (data.train_split is the test split), or results that are themselves scored on a part held
+    out of train (both splits null: no test set to keep out of the search)."""
+    from peftkit.data.readers import HELD_OUT, role_origins
+
+    problems = []
+    for v in suite.variants:
+        test = role_origins(v.recipe).get("test")  # none: data.name unknown, the run says so
+        if test and (test in trial_origins(v.recipe).values() or test.startswith(HELD_OUT)):
+            problems.append(f"{v.name}: its results are scored on {test}, which its trials would "
+                            "read too")
+    if problems:
         raise UsageError(
-            f"{suite.source}: --tune scores trials on data.eval_split, and {', '.join(same)} "
-            "also report their results on it (data.test_split is null or the same split): the "
-            "search would pick the setting on the test set. Give the variants a separate "
-            "data.test_split (or an eval_split held out from training)")
+            f"{suite.source}: --tune keeps the test examples out of the search, and cannot here:\n  "
+            + "\n  ".join(sorted(problems)) + "\nGive the variants a test split of their own "
+            "(data.test_split or data.test_file), apart from data.train_split")
+
+
+def held_out_for_trials(recipe) -> bool:
+    """The variant's validation split is the split its results are reported on (SST-2's dev)."""
+    from peftkit.data.readers import role_origins
+
+    origins = role_origins(recipe)
+    return bool(origins) and origins["eval"] == origins["test"]
+
+
+def trial_origins(recipe) -> dict[str, str]:
+    """role -> what a trial of the variant reads (its test role: what the trial is scored on)."""
+    from peftkit.data.readers import role_origins
+
+    return role_origins(dataclasses.replace(recipe, data=trial_data(recipe)))
 
 
 def groups(suite: Suite) -> dict[str, list[Variant]]:
@@ -188,7 +221,7 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
             trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
             shutil.rmtree(folder / rundir.CHECKPOINTS, ignore_errors=True)
         trial.set_user_attr("health", (result.get("health") or {}).get("status"))
-        value = result["test"].get(metric)  # test_split: null -> the validation split
+        value = result["test"].get(metric)  # test_split: null -> the (trial's) validation split
         if not isinstance(value, (int, float)):
             raise PeftkitError(f"the trial's results have no {metric!r} (eval.metric)")
         return value
@@ -204,9 +237,18 @@ def trial_recipe(recipe, params: dict):
     eval_every = "epoch" if recipe.train.eval_every == "no" else recipe.train.eval_every
     return dataclasses.replace(
         recipe, train=dataclasses.replace(recipe.train, learning_rate=lr, eval_every=eval_every),
-        data=dataclasses.replace(recipe.data, test_split=None),
+        data=trial_data(recipe),
         output=dataclasses.replace(recipe.output, save_model=False),
         strategy=dataclasses.replace(recipe.strategy, **sized))
+
+
+def trial_data(recipe):
+    """Final metrics on the validation split (data.test_file would win over test_split: cleared
+    too); a validation split that is the test split is replaced by one held out of train."""
+    data = dataclasses.replace(recipe.data, test_split=None, test_file=None)
+    if held_out_for_trials(recipe):
+        data = dataclasses.replace(data, eval_split=None, validation_file=None)
+    return data
 
 
 def report_to_study(optuna, trial, metric: str, reports: int):

@@ -5,8 +5,9 @@ sequence-classification: text, [text_pair], label
 causal-lm: prompt, target, [messages]   (pairs, OpenAI messages, ShareGPT, Alpaca: data/chat.py)
 
     data_source ─▶ which file is which split (data/layout.py, data.*_file) ─▶ read each file
-    (data/files.py) ─▶ standardize ─▶ a missing validation split held out of train
-    (data/splits.py), a missing test split = the validation split ─▶ max_*_samples
+    (data/files.py) ─▶ standardize ─▶ a missing validation split (or data.eval_split: null)
+    held out of train (data/splits.py), a missing test split = the validation split
+    ─▶ max_*_samples (after the hold-out: the first N of each part)
 
 `read_data` also returns a DataReport: which file became which split and why, for
 `peftkit inspect-data`, `validate` and the run's result.json.
@@ -95,7 +96,7 @@ def read_data(recipe, task):
     limits = {"train": recipe.data.max_train_samples, "eval": recipe.data.max_eval_samples,
               "test": recipe.data.max_test_samples}
     out = DatasetDict()
-    for role in splits:
+    for role in splits:  # every role, named or not (fill_missing made the unnamed ones)
         ds = raw[role]
         if limits[role] and limits[role] < len(ds):
             ds = ds.select(range(limits[role]))
@@ -111,12 +112,13 @@ def check_present(raw: dict, splits: dict, source, report: DataReport) -> None:
                         f"splits found: {', '.join(report.where) or 'none'}")
     for role in raw:
         if len(raw[role]) == 0:
-            raise DataError(f"data: the {splits[role]!r} split ({report.where[role]}) has no "
+            raise DataError(f"data: the {splits[role] or role!r} split ({report.where[role]}) has no "
                             f"examples; fill it or point data.{role}_split at another split")
 
 
 def fill_missing(raw: dict, recipe, report: DataReport) -> None:
-    """No validation split: hold one out of train (seeded). No test split: score the validation one."""
+    """No validation split (or data.eval_split: null): hold one out of train (seeded). No test
+    split: score the validation one (with both splits null: the held-out part)."""
     d = recipe.data
     if "eval" not in raw:
         n = len(raw["train"])
@@ -127,9 +129,12 @@ def fill_missing(raw: dict, recipe, report: DataReport) -> None:
                        f"examples, data.validation_size={d.validation_size:g}, seed "
                        f"{recipe.train.seed}{moved}")
         report.how["train"] += f"; {len(raw['eval']):,} examples held out for validation"
+        report.where = {r: report.where[r] for r in ("train", "eval", "test") if r in report.where}
     if "test" not in raw:
         raw["test"] = raw["eval"]
-        report.same_as("test", "eval", "no test split: the validation split is scored at the end")
+        report.same_as("test", "eval", "no test split: the validation split is scored at the end"
+                       if d.test_split or d.eval_split else "data.test_split and eval_split null: the part "
+                       "held out of train is scored at the end")
 
 
 def read_roles(recipe, source, splits: dict):
@@ -179,7 +184,7 @@ def file_plan(recipe, source, splits: dict) -> dict:
                 if split == splits["train"]}
     plan = {}
     for role, split in splits.items():
-        found = find_split_file(location, split)
+        found = find_split_file(location, split) if split is not None else None
         if found is not None:
             plan[role] = found
     return plan
@@ -189,6 +194,8 @@ def dict_roles(raw, splits: dict, location: str, report: DataReport) -> dict:
     """role -> split of a DatasetDict (builtin, hub, save_to_disk); `dev` stands in for validation."""
     found = {}
     for role, split in splits.items():
+        if split is None:  # data.eval_split: null: held out of train, whatever the set has
+            continue
         name = split if split in raw else next(
             (s for s in raw if kind_of_split(split) and kind_of_split(s) == kind_of_split(split)), None)
         if name is not None:
@@ -198,8 +205,34 @@ def dict_roles(raw, splits: dict, location: str, report: DataReport) -> dict:
     return found
 
 
+HELD = object()  # locate_roles: the role is cut out of the training split
+HELD_OUT = "held out of "  # how role_origins names such a cut
+
+
 def role_sources(recipe) -> dict[str, str]:
     """role (train / eval / test) -> the file it is read from (for messages that name a line)."""
+    return {role: where for role, (where, _) in locate_roles(recipe).items()}
+
+
+def role_origins(recipe) -> dict[str, str]:
+    """role -> what its examples are, comparable between roles and recipes (bench --tune keeps a
+    test set out of its trials): a file, a split of a data set (dev and validation are one), or a
+    seeded cut held out of train. Directory listings only: a split a hub set lacks counts as there."""
+    d = recipe.data
+    out = {}
+    for role, (where, split) in locate_roles(recipe).items():
+        if split is HELD:
+            out[role] = (f"{HELD_OUT}{where} (seed {recipe.train.seed}, data.validation_size "
+                         f"{d.validation_size:g})")
+        elif split is None:
+            out[role] = f"file {where}"
+        else:
+            out[role] = f"split {where.rsplit(':', 1)[0]}:{kind_of_split(split) or split}"
+    return out
+
+
+def locate_roles(recipe) -> dict[str, tuple[str, str | None]]:
+    """role -> (where: its file or location:split, the split name; None for a file; HELD)."""
     try:
         source = data_source(recipe)
     except LookupError:
@@ -210,13 +243,19 @@ def role_sources(recipe) -> dict[str, str]:
     except DataError:
         plan = {}
     plan.update(key_plan(recipe))
-    out = {role: str(plan[role][0]) if role in plan else f"{source.location}:{split}"
-           for role, split in splits.items()}
-    if "eval" not in plan and "train" in plan and source.kind != "builtin":
-        out["eval"] = out["train"]  # held out of the training file
-    if "test" not in plan and "eval" in plan:
+    # local files: a split is there when its file is found; other sets are taken at their word
+    by_file = source.kind in ("local", "files") and not is_disk_folder(Path(source.location))
+    out = {}
+    for role, split in splits.items():
+        if role in plan:
+            out[role] = (str(plan[role][0]), None)
+        elif split is not None and (role == "train" or not by_file):
+            out[role] = (f"{source.location}:{split}", split)
+    if "eval" not in out:  # as fill_missing: held out of the training split
+        out["eval"] = (out["train"][0], HELD)
+    if "test" not in out:
         out["test"] = out["eval"]
-    return out
+    return {role: out[role] for role in splits}
 
 
 def check_labels(raw, recipe, sources: dict | None = None) -> tuple[dict, list[str]]:
@@ -247,8 +286,8 @@ def builtin_dataset(name: str):
     return DatasetDict({s: raw[s].rename_column("ner_tags", "tags") for s in raw})
 
 
-def needed_splits(recipe) -> dict[str, str]:
-    """role (train / eval / test) -> split name."""
+def needed_splits(recipe) -> dict[str, str | None]:
+    """role (train / eval / test) -> split name; None: no split of its own (held out of train)."""
     return {"train": recipe.data.train_split, "eval": recipe.data.eval_split,
             "test": recipe.data.test_split or recipe.data.eval_split}
 

@@ -48,7 +48,7 @@ def front_matter(kind: str, out, recipe, results: list[dict | None]) -> str:
     metrics = {k: v for k, v in ((result or {}).get("test") or {}).items()
                if isinstance(v, (int, float)) and not k.endswith(("runtime", "per_second", "epoch"))}
     evals = [EvalResult(task_type=task_type, dataset_type=data, dataset_name=data,
-                        dataset_split=recipe.data.test_split or recipe.data.eval_split,
+                        dataset_split=recipe.data.final_split_name,
                         metric_type=k, metric_value=v) for k, v in metrics.items()]
     card = ModelCardData(base_model=portable_base(recipe), license=base_license(recipe),
                          datasets=[data] if on_hub else None, library_name=library,
@@ -162,7 +162,7 @@ def metrics_section(recipe, results: list[dict | None], kind: str) -> str:
     skip = ("runtime", "per_second", "epoch")
     rows = "".join(f"| {k} | {fmt(v)} |\n" for k, v in test.items()
                    if isinstance(v, (int, float)) and not k.endswith(skip))
-    split = recipe.data.test_split or recipe.data.eval_split
+    split = recipe.data.final_split_name
     note = ("" if kind == ADAPTER or recipe.strategy_impl.saves_whole_model else
             "\nMeasured on the run's unmerged model; the merged weights compute the same function "
             "(up to float rounding, and the output dtype).\n")
