@@ -166,12 +166,14 @@ def at_least_min_steps(recipe, n_train: int):
 
 
 def settle_class_weights(recipe, task, prior: list | None):
-    """train.class_weights: auto becomes none or balanced, decided by the task on the training
-    labels (Task.auto_class_weights), and the run says when it weighs classes."""
+    """train.class_weights: auto becomes none, sqrt or balanced: the task says whether the training
+    labels are lopsided (Task.auto_class_weights), the strategy how strongly its method needs
+    them weighed then (Strategy.lopsided_class_weights); the run says when it weighs classes."""
     t = recipe.train
     if t.class_weights != "auto":
         return recipe
-    chosen = task.auto_class_weights(prior) if prior else "none"
+    chosen = (task.auto_class_weights(prior, recipe.strategy_impl.lopsided_class_weights)
+              if prior else "none")
     if chosen != "none" and env.is_main():
         print(f"note: the largest training class is {max(prior) / min(prior):.1f}x the smallest: "
               f"training with class_weights {chosen} (train.class_weights=none to train without)")

@@ -82,6 +82,24 @@ def test_auto_weighs_classes_only_when_the_task_says_they_are_lopsided():
     assert seq.auto_class_weights([0.55, 0.45]) == "none"
     assert seq.auto_class_weights([0.3, 0.3, 0.25, 0.15]) == "none"  # 2x
     assert ner.auto_class_weights([0.95, 0.01, 0.04]) == "none"     # O always dominates NER
+    assert seq.auto_class_weights([0.9, 0.1], "balanced") == "balanced"  # the strategy's strength
+    assert seq.auto_class_weights([0.55, 0.45], "balanced") == "none"
+
+
+@pytest.mark.parametrize("strategy,expected", [({"name": "lora", "r": 4}, "sqrt"),
+                                               ({"name": "prompt", "num_virtual_tokens": 4}, "balanced")])
+def test_auto_weighs_lopsided_classes_as_strongly_as_the_strategy_needs(tiny_bert_dir, tmp_path,
+                                                                        strategy, expected):
+    """Prompt tuning predicted one class at 90/10 with sqrt weights (RESULTS.md#robustness)."""
+    from peftkit.pipeline import settle_class_weights
+    from peftkit.tasks import get_task
+
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run", strategy=strategy)
+    raw["task"], raw["data"] = "sequence-classification", {"name": "demo-sentiment"}
+    recipe = build_recipe(raw)
+    task = get_task("sequence-classification")
+    assert settle_class_weights(recipe, task, [0.9, 0.1]).train.class_weights == expected
+    assert settle_class_weights(recipe, task, [0.5, 0.5]).train.class_weights == "none"
 
 
 def write_split(path, n_pos: int, n_neg: int) -> None:

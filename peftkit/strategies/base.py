@@ -65,6 +65,10 @@ class Strategy:
     # on small encoders and decoders (benchmarks/RESULTS.md#robustness), how to search it, and the
     # rate a run too short to search falls back to
     lr_range: tuple[float, float] = (1e-4, 5e-3)
+    # train.class_weights: auto on lopsided classes (Task.auto_class_weights): how strongly this
+    # method needs the rare classes weighed. sqrt by default: full inverse weights flipped DoRA
+    # and Houlsby adapters to the minority class on SST-2 at 90/10 (benchmarks/RESULTS.md#robustness)
+    lopsided_class_weights: str = "sqrt"
     lr_search: str = "sweep"
     default_lr: float = 1e-3
     # `peftkit bench --tune` with `tune.size: true`: the setting that sizes this method (its

@@ -93,16 +93,17 @@ class Task:
                     counts[label] += 1
         return [c / sum(counts) for c in counts]
 
-    def auto_class_weights(self, prior: list[float]) -> str:
-        """train.class_weights: auto resolved on the training split's label prior: "sqrt" when the
-        classes are this lopsided, else "none". Measured on SST-2 with 900 positive / 100 negative
-        training sentences (benchmarks/RESULTS.md#robustness): without weights prompt tuning
-        predicted one class for every test sentence (0.509); with full inverse-frequency weights
-        ("balanced") most strategies gained 4-10 points but DoRA and Houlsby adapters flipped to
-        predicting the minority class for every sentence; the square root is the half-way weight."""
+    def auto_class_weights(self, prior: list[float], weights: str = "sqrt") -> str:
+        """train.class_weights: auto resolved on the training split's label prior: `weights` (the
+        strategy's Strategy.lopsided_class_weights) when the classes are this lopsided, else
+        "none". Measured on SST-2 with 900 positive / 100 negative training sentences
+        (benchmarks/RESULTS.md#robustness): without weights prompt tuning predicted one class for
+        every test sentence (0.509); with full inverse-frequency weights ("balanced") most
+        strategies gained 4-10 points but DoRA and Houlsby adapters flipped to predicting the
+        minority class for every sentence; the square root is the half-way weight."""
         if self.auto_balance_ratio is None or len(prior) < 2:
             return "none"
-        return "sqrt" if max(prior) >= self.auto_balance_ratio * min(prior) else "none"
+        return weights if max(prior) >= self.auto_balance_ratio * min(prior) else "none"
 
     def evaluate(self, trainer, dataset, recipe, labels, prefix: str, out_dir: Path) -> dict:
         """Metrics on one encoded split, keys prefixed (e.g. test_f1); files a task writes beside
