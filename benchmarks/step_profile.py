@@ -1,0 +1,124 @@
+"""One training step of MiniLM token classification, timed and profiled: full fine-tuning against
+LoRA variants, the model alone (no Trainer, no data pipeline) (issue 19, parts 2 and 3).
+
+    python benchmarks/step_profile.py [--threads 2] [--variants full,lora_all,lora_all_nodrop]
+                                      [--profile lora_all]
+
+Each variant: the packaged MiniLM with a 9-label head, random token ids (batch 32 x 40 tokens,
+CoNLL-2003's packed rows are about this size), forward + backward + AdamW step; the median of 12
+steps after 3 warm-up steps. MFU = model FLOPs (6 x matmul parameters x tokens for full
+fine-tuning, 4x where the frozen base gets no weight gradients, plus attention) over the measured
+2048^2 fp32 matmul rate at the same thread count. --profile prints torch.profiler's table of the
+named variant's ops (self CPU time), which is where a step's time goes. Run it alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+ALL_LINEAR = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
+VARIANTS = {  # name -> (LoRA r, target modules, lora dropout); None: full fine-tuning
+    "full": None,
+    "lora_qv": (8, ["query", "value"], 0.1),
+    "lora_all": (4, ALL_LINEAR, 0.1),
+    "lora_all_nodrop": (4, ALL_LINEAR, 0.0),
+}
+BATCH, TOKENS, LABELS = 32, 40, 9
+
+
+def build(name: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForTokenClassification, logging
+
+    from peftkit.models_registry import resolve_alias
+
+    logging.set_verbosity_error()  # the head is new: the load report says so at length
+    model = AutoModelForTokenClassification.from_pretrained(resolve_alias("minilm-l6").path,
+                                                            num_labels=LABELS)
+    if VARIANTS[name] is None:
+        return model
+    r, targets, dropout = VARIANTS[name]
+    return get_peft_model(model, LoraConfig(task_type="TOKEN_CLS", r=r, lora_alpha=2 * r,
+                                            lora_dropout=dropout, target_modules=targets))
+
+
+def batch():
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 20000, (BATCH, TOKENS), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+            "labels": torch.randint(0, LABELS, (BATCH, TOKENS), generator=g)}
+
+
+def stepper(model):
+    inputs = batch()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        model(**inputs).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def median_step(step, steps: int = 12, warmup: int = 3) -> float:
+    times = []
+    for i in range(warmup + steps):
+        start = time.perf_counter()
+        step()
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def model_flops(model, name: str) -> float:
+    cfg = model.config
+    per_layer = 4 * cfg.hidden_size ** 2 + 2 * cfg.hidden_size * cfg.intermediate_size
+    matmul = cfg.num_hidden_layers * per_layer
+    attention = cfg.num_hidden_layers * 2 * TOKENS * cfg.hidden_size  # QK^T and AV per token
+    passes = 6 if VARIANTS[name] is None else 4  # frozen base: no weight gradients
+    return passes * (matmul + attention) * BATCH * TOKENS
+
+
+def matmul_rate(n: int = 2048) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    start = time.perf_counter()
+    for _ in range(5):
+        a @ b
+    return 5 * 2 * n ** 3 / (time.perf_counter() - start)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--profile", default="", help="a variant whose ops to profile")
+    a = p.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    peak = matmul_rate()
+    print(f"fp32 2048^2 matmul: {peak / 1e9:.0f} GFLOP/s on {a.threads} threads")
+    rows = {}
+    for name in a.variants.split(","):
+        model = build(name).train()
+        seconds = median_step(stepper(model))
+        rows[name] = seconds
+        mfu = model_flops(model, name) / seconds / peak
+        print(f"{name:16s} step {seconds * 1000:7.0f} ms  {BATCH * TOKENS / seconds:6.0f} tokens/s  "
+              f"MFU {mfu:5.1%}" + (f"  {rows['full'] / seconds:.2f}x full" if "full" in rows else ""),
+              flush=True)
+    if a.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        step = stepper(build(a.profile).train())
+        step(), step()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                step()
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
+
+
+if __name__ == "__main__":
+    main()
