@@ -148,6 +148,9 @@ def announce_plan(parts: Build) -> dict | None:
         print(f"plan: no estimate for this model ({type(exc).__name__}: {str(exc)[:120]})")
         return None
     print("\n".join(summary_lines(plan)))
+    caveat = parts.recipe.strategy_impl.size_caveat(plan.total_params)
+    if caveat:
+        print(f"note: {caveat}")
     return plan.record()
 
 

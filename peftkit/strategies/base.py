@@ -108,6 +108,11 @@ class Strategy:
         `adapter_names`); False: `peftkit serve` runs them adapter by adapter (set_adapter)."""
         return False
 
+    def size_caveat(self, total_params: int) -> str | None:
+        """A note printed before training where this method is known to trail full fine-tuning
+        on a model of this size (measured), so that nobody mistakes it for a peftkit fault."""
+        return None
+
     def gguf_adapter_refusal(self, cfg) -> str | None:
         """`peftkit export --format gguf`: why llama.cpp cannot load this run's adapter beside its
         base (None: it can, and lora_pairs gives the tensors)."""
