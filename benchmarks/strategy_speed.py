@@ -1,0 +1,76 @@
+"""Training speed of every strategy against full fine-tuning on the same data (issue 19, part 2).
+
+    PEFTKIT_DATA_DIR=../shared/data python benchmarks/strategy_speed.py [--steps 40] [--repeats 2]
+
+Each recipe of recipes/conll2003/ trains --steps optimizer steps on the first --train-samples
+CoNLL-2003 sentences, every strategy from the same data with the same batch, precision and seed,
+each run in its own process, one at a time (run it alone: two processes on two cores halve each
+other). The learning rate is fixed (the recipe's fallback, not `auto`: the search is not part of
+training speed). tokens/s counts real tokens over the wall time of `trainer.train()`
+(result.json), so start-up, evaluation and saving are outside it. Printed: the median over
+repeats, the ratio to full fine-tuning's median, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RECIPES = HERE.parent / "recipes" / "conll2003"
+BASELINE = "full"
+
+
+def run_one(recipe: Path, a, out: Path) -> dict:
+    overrides = [f"train.max_steps={a.steps}", f"data.max_train_samples={a.train_samples}",
+                 "data.max_test_samples=64", "train.eval_every=no", "train.learning_rate=1e-3",
+                 "train.min_steps=null", f"output.dir={out}", f"train.seed={a.seed}"]
+    if a.precision:
+        overrides.append(f"train.precision={a.precision}")
+    cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(recipe), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps, speed still valid
+        raise SystemExit(f"{recipe.stem}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    r = json.loads((out / "result.json").read_text())
+    return {"tokens_per_s": r["train_tokens_per_second"], "peak_mb": r["peak_memory_mb"],
+            "trainable": r["trainable_params"], "precision": r["precision"]}
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--recipes", default="", help="comma-separated stems (default: all)")
+    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--train-samples", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--precision", default="", help="override train.precision (fp32, bf16, ...)")
+    a = p.parse_args(argv)
+    stems = a.recipes.split(",") if a.recipes else sorted(x.stem for x in RECIPES.glob("*.yaml"))
+    if BASELINE not in stems:
+        stems.insert(0, BASELINE)
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(a.repeats):  # rounds over all recipes: drifting machine load hits every row
+            for stem in stems:
+                r = run_one(RECIPES / f"{stem}.yaml", a, Path(tmp) / f"{stem}-{i}")
+                rows.setdefault(stem, []).append(r)
+                print(f"  {stem:18s} round {i + 1}: {r['tokens_per_s']:7.0f} tokens/s  "
+                      f"{r['peak_mb']:6.0f} MB", file=sys.stderr, flush=True)
+    base = statistics.median(r["tokens_per_s"] for r in rows[BASELINE])
+    print(f"| recipe | precision | trainable | tokens/s: median (runs) | × full | peak RSS |")
+    print("|---|---|--:|---|--:|--:|")
+    for stem, runs in rows.items():
+        med = statistics.median(r["tokens_per_s"] for r in runs)
+        each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
+        print(f"| {stem} | {runs[0]['precision']} | {runs[0]['trainable']:,} | {med:,.0f} ({each}) | "
+              f"{med / base:.2f} | {max(r['peak_mb'] for r in runs):,.0f} MB |")
+
+
+if __name__ == "__main__":
+    main()
