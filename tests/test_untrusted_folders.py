@@ -182,7 +182,9 @@ def test_a_corrupt_weight_file_is_refused_in_one_line(tmp_path, trained, damage)
         result = cli(*args)
         assert result.exit_code == 2, result.output
         assert "corrupt weight file" in result.output and "Traceback" not in result.output
-        assert len(result.output.strip().splitlines()) == 1, result.output
+        # one line of error; a note about other peftkit runs sharing the cores may precede it
+        said = [line for line in result.output.splitlines() if line.strip()]
+        assert len([line for line in said if not line.startswith("note:")]) == 1, result.output
     assert not (tmp_path / "m").exists() and not (tmp_path / "e").exists()
 
 
