@@ -135,9 +135,10 @@ class TrainSection:
     class_weights: str = opt(
         "auto", "classification loss weights: none; balanced (each class weighs the inverse "
         "of its training frequency: for a minority class that matters, at some accuracy on the "
-        "majority); sqrt (the inverse square root: half way); auto (sqrt for sequence "
-        "classification when the largest training class is 4x the smallest or more, else none; "
-        "NER: none)", choices=["auto", "none", "balanced", "sqrt"])
+        "majority); sqrt (the inverse square root: half way); auto (for sequence "
+        "classification when the largest training class is 4x the smallest or more, the "
+        "strategy's choice: sqrt, or balanced for prompt and prefix tuning, whose frozen layers "
+        "need it (benchmarks/RESULTS.md#robustness); else none; NER: none)", choices=["auto", "none", "balanced", "sqrt"])
     early_stopping_patience: int | None = opt(
         None, "stop after N evaluations without a better validation score and restore the best "
         "checkpoint (the task's selection metric; needs eval_every)", min=1)
