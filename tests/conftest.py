@@ -113,3 +113,19 @@ def tiny_ner_recipe(model_dir: Path, run_dir: Path, strategy: dict | None = None
         "eval": {"fail_on_collapse": False},
         "output": {"dir": str(run_dir)},
     }
+
+
+def perturb_adapter(run_dir: Path) -> Path:
+    """Noise on every tensor of a run's saved adapter (LoRA and head), resealed: a few steps of a
+    tiny model predict only the majority label, and a perturbed one predicts entities too."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from peftkit.rundir import seal_weights
+
+    path = run_dir / "adapter" / "adapter_model.safetensors"
+    g = torch.Generator().manual_seed(0)
+    state = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in load_file(str(path)).items()}
+    save_file(state, str(path), metadata={"format": "pt"})
+    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
+    return run_dir

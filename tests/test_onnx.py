@@ -16,16 +16,14 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
-from safetensors.torch import load_file, save_file
 
 from peftkit.cli import main
 from peftkit.export import merge_run
 from peftkit.pipeline import run_recipe
 from peftkit.predict import evaluate_folder, load_for_inference
 from peftkit.recipe import build_recipe
-from peftkit.rundir import seal_weights
 
-from conftest import tiny_ner_recipe
+from conftest import perturb_adapter, tiny_ner_recipe
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -46,12 +44,7 @@ def train(model_dir, run_dir: Path, task: str) -> Path:
         raw["data"]["name"] = "demo-sentiment"
     raw["data"]["max_test_samples"] = 16
     run_recipe(build_recipe(raw))
-    path = run_dir / "adapter" / "adapter_model.safetensors"
-    g = torch.Generator().manual_seed(0)
-    state = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in load_file(str(path)).items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
-    return run_dir
+    return perturb_adapter(run_dir)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from peftkit.predict import evaluate_folder
 from peftkit.recipe import build_recipe
 from peftkit.rundir import seal_weights
 
-from conftest import tiny_ner_recipe
+from conftest import perturb_adapter, tiny_ner_recipe
 
 WORD_TAGS = {"john": "B-PER", "smith": "I-PER", "paris": "B-LOC", "france": "B-LOC"}
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORD_TAGS, "visited", "lives", "in", ",", "."]
@@ -124,12 +124,7 @@ def lora_run(tiny_bert_dir, tmp_path_factory) -> Path:
 def perturbed_copy(run: Path, dest: Path) -> Path:
     """The run with noise on every saved tensor (LoRA and head), so that it predicts entities."""
     shutil.copytree(run, dest)
-    path = dest / "adapter" / "adapter_model.safetensors"
-    g = torch.Generator().manual_seed(0)
-    state = {k: v + 0.5 * torch.randn(v.shape, generator=g) for k, v in load_file(str(path)).items()}
-    save_file(state, str(path), metadata={"format": "pt"})
-    seal_weights(path.parent)  # changed on purpose: its SHA-256 line too
-    return dest
+    return perturb_adapter(dest)
 
 
 def test_run_export_and_merged_folders_predict_alike(lora_run, tmp_path):
