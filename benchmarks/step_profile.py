@@ -18,6 +18,7 @@ import argparse
 import time
 
 import torch
+from throughput import matmul_peak  # this folder: the throughput table's 2048^2 fp32 peak
 
 ALL_LINEAR = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 VARIANTS = {  # name -> (LoRA r, target modules, lora dropout); None: full fine-tuning
@@ -82,15 +83,6 @@ def model_flops(model, name: str) -> float:
     return passes * (matmul + attention) * BATCH * TOKENS
 
 
-def matmul_rate(n: int = 2048) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    start = time.perf_counter()
-    for _ in range(5):
-        a @ b
-    return 5 * 2 * n ** 3 / (time.perf_counter() - start)
-
-
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
@@ -98,7 +90,7 @@ def main(argv=None) -> None:
     p.add_argument("--profile", default="", help="a variant whose ops to profile")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    peak = matmul_rate()
+    peak = matmul_peak("float32") * 1e9
     print(f"fp32 2048^2 matmul: {peak / 1e9:.0f} GFLOP/s on {a.threads} threads")
     rows = {}
     for name in a.variants.split(","):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -34,7 +33,7 @@ def run_one(recipe: Path, a, out: Path) -> dict:
     if a.precision:
         overrides.append(f"train.precision={a.precision}")
     cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(recipe), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy())
+    proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps, speed still valid
         raise SystemExit(f"{recipe.stem}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
     r = json.loads((out / "result.json").read_text())
@@ -63,7 +62,7 @@ def main(argv=None) -> None:
                 print(f"  {stem:18s} round {i + 1}: {r['tokens_per_s']:7.0f} tokens/s  "
                       f"{r['peak_mb']:6.0f} MB", file=sys.stderr, flush=True)
     base = statistics.median(r["tokens_per_s"] for r in rows[BASELINE])
-    print(f"| recipe | precision | trainable | tokens/s: median (runs) | × full | peak RSS |")
+    print("| recipe | precision | trainable | tokens/s: median (runs) | × full | peak RSS |")
     print("|---|---|--:|---|--:|--:|")
     for stem, runs in rows.items():
         med = statistics.median(r["tokens_per_s"] for r in runs)
