@@ -18,7 +18,7 @@ from conftest import SHARED_DATA, tiny_ner_recipe
 from peftkit import pipeline
 from peftkit.bench import compare, plot, report
 from peftkit.bench.runner import run_suite
-from peftkit.bench.suite import DEFAULT_SUITE, SuiteError, load_suite
+from peftkit.bench.suite import DEFAULT_SUITE, SuiteError, load_suite, select
 from peftkit.cli import main
 from peftkit.strategies.configs import STRATEGIES
 
@@ -77,6 +77,23 @@ def test_grid_times_seeds_expands_every_combination(tiny_bert_dir, tmp_path):
     assert lora.strategy.r == 4
     # a variant's own base recipe brings its settings; the suite's overrides still apply
     assert (ia3.strategy_name, ia3.train.learning_rate, ia3.train.epochs) == ("ia3", 0.05, 3)
+
+
+def test_only_keeps_the_named_variants_and_groups(tiny_bert_dir, tmp_path):
+    """--only: a group name takes every seed of it, a variant name one run; unknown names are a
+    one-line usage error that lists the suite's variants, and nothing runs."""
+    path = write_suite(tmp_path, {"base": base_recipe(tiny_bert_dir), "seeds": [1, 2],
+                                  "variants": ["full", "lora", "ia3"]})
+    cut = select(load_suite(path), "ia3, full-seed2")
+    assert [v.name for v in cut.variants] == ["full-seed2", "ia3-seed1", "ia3-seed2"]  # suite order
+    listed = CliRunner().invoke(main, ["bench", str(path), "--only", "lora", "--dry-run"])
+    assert listed.exit_code == 0 and "2 variants" in listed.output
+    assert "lora-seed1" in listed.output and "ia3" not in listed.output
+    wrong = CliRunner().invoke(main, ["bench", str(path), "--only", "lora,dora",
+                                      "--out", str(tmp_path / "out")])
+    assert wrong.exit_code == 2 and "no variant named dora" in wrong.output
+    assert "full, lora, ia3" in wrong.output and "Traceback" not in wrong.output
+    assert not (tmp_path / "out").exists()
 
 
 def test_suite_problems_are_reported_together(tiny_bert_dir, tmp_path):

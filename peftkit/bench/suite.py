@@ -30,11 +30,11 @@ from __future__ import annotations
 import copy
 import itertools
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from peftkit.errors import RecipeError
+from peftkit.errors import RecipeError, UsageError
 from peftkit.bench.tunespec import TuneSpec, check_tune
 from peftkit.recipe import Recipe, build_recipe, flatten, read_yaml, type_name, unknown_key
 from peftkit.strategies.configs import DEFAULT_STRATEGY
@@ -106,6 +106,20 @@ def load_suite(path: str | Path | None = None, overrides: list[str] = (), tune: 
         raise SuiteError(list(dict.fromkeys(problems)), source=str(path))
     return Suite(name=name, source=str(path), description=str(raw.get("description") or ""),
                  variants=[v for v, _ in variants], tune=spec if tune else None)
+
+
+def select(suite: Suite, names: str) -> Suite:
+    """The suite cut to the variants named (comma-separated variant or group names: `lora-r8`
+    takes every seed of it), in suite order: rerun or spread a suite's variants without copying
+    it. Raises UsageError naming what matched nothing and what there is."""
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if not any(n in (v.name, v.group) for v in suite.variants)]
+    if unknown or not wanted:
+        groups = ", ".join(dict.fromkeys(v.group for v in suite.variants))
+        raise UsageError(f"--only {names!r}: {suite.source} has no variant named "
+                         f"{', '.join(unknown) or '(none given)'}; its variants: {groups}")
+    return replace(suite, variants=[v for v in suite.variants
+                                    if v.name in wanted or v.group in wanted])
 
 
 # ---------------------------------------------------------------- expansion

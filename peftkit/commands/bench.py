@@ -32,11 +32,13 @@ from peftkit.cli_errors import friendly_errors
               "(default: the suite's tune.trials)")
 @click.option("--trials-only", is_flag=True, help="with --tune: run this process's share of the "
               "trials and stop (a worker beside the process that runs the test seeds)")
+@click.option("--only", metavar="NAMES", help="run only these variants (comma-separated "
+              "variant or group names; a group is every seed of a variant)")
 @click.option("--compare", nargs=2, type=click.Path(exists=True), metavar="DIR_A DIR_B",
               help="show per-variant differences between two bench folders, then exit")
 @friendly_errors
 def bench(suite, overrides, out, force, dry_run, compare, nproc, tune, storage, trials,
-          trials_only):
+          trials_only, only):
     """Run SUITE's variants (default: the built-in quick suite), then write results.json/.csv/.md
     and pareto.png. OVERRIDES (dotted key=value) apply to every variant.
 
@@ -46,6 +48,7 @@ def bench(suite, overrides, out, force, dry_run, compare, nproc, tune, storage, 
     peftkit bench benchmarks/sst2.yaml data.max_train_samples=500 --out bench/sst2-small
     peftkit bench --compare bench/quick bench/quick-8bit
     peftkit bench --tune                            # quick_tune suite: Optuna search + 3 seeds
+    peftkit bench benchmarks/sst2.yaml --only lora-r8,adalora
 
     Finished variants are skipped on a rerun (--force reruns them); a failing variant is
     recorded with its error and the others still run.
@@ -66,6 +69,10 @@ def bench(suite, overrides, out, force, dry_run, compare, nproc, tune, storage, 
     from peftkit.bench.suite import load_suite
 
     parsed = load_suite(suite, list(overrides), tune=tune)
+    if only:
+        from peftkit.bench.suite import select
+
+        parsed = select(parsed, only)
     if dry_run:
         click.echo(describe(parsed))
         return
