@@ -1,8 +1,10 @@
 """Training speed of every strategy against full fine-tuning on the same data (issue 19, part 2).
 
     PEFTKIT_DATA_DIR=../shared/data python benchmarks/strategy_speed.py [--steps 40] [--repeats 2]
+    PEFTKIT_DATA_DIR=../shared/data python benchmarks/strategy_speed.py --task sst2 --recipes lora,full \
+        --packing both          # packed against padded training batches, same runs otherwise
 
-Each recipe of recipes/conll2003/ trains --steps optimizer steps on the first --train-samples
+Each recipe of recipes/conll2003/ (--task: another recipe folder) trains --steps optimizer steps on the first --train-samples
 CoNLL-2003 sentences, every strategy from the same data with the same batch, precision and seed,
 each run in its own process, one at a time (run it alone: two processes on two cores halve each
 other). The learning rate is fixed (the recipe's fallback, not `auto`: the search is not part of
@@ -22,16 +24,18 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-RECIPES = HERE.parent / "recipes" / "conll2003"
+RECIPES = HERE.parent / "recipes"
 BASELINE = "full"
 
 
-def run_one(recipe: Path, a, out: Path) -> dict:
+def run_one(recipe: Path, a, out: Path, packing: str = "") -> dict:
     overrides = [f"train.max_steps={a.steps}", f"data.max_train_samples={a.train_samples}",
                  "data.max_test_samples=64", "train.eval_every=no", "train.learning_rate=1e-3",
                  "train.min_steps=null", f"output.dir={out}", f"train.seed={a.seed}"]
     if a.precision:
         overrides.append(f"train.precision={a.precision}")
+    if packing:
+        overrides.append(f"train.packing={packing}")
     cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(recipe), *overrides]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps, speed still valid
@@ -49,19 +53,26 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--precision", default="", help="override train.precision (fp32, bf16, ...)")
+    p.add_argument("--task", default="conll2003", help="recipe folder under recipes/")
+    p.add_argument("--packing", choices=["recipe", "both"], default="recipe",
+                   help="both: every recipe with train.packing true and false, rows side by side")
     a = p.parse_args(argv)
-    stems = a.recipes.split(",") if a.recipes else sorted(x.stem for x in RECIPES.glob("*.yaml"))
+    folder = RECIPES / a.task
+    stems = a.recipes.split(",") if a.recipes else sorted(x.stem for x in folder.glob("*.yaml"))
     if BASELINE not in stems:
         stems.insert(0, BASELINE)
+    packings = ["true", "false"] if a.packing == "both" else [""]
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(a.repeats):  # rounds over all recipes: drifting machine load hits every row
             for stem in stems:
-                r = run_one(RECIPES / f"{stem}.yaml", a, Path(tmp) / f"{stem}-{i}")
-                rows.setdefault(stem, []).append(r)
-                print(f"  {stem:18s} round {i + 1}: {r['tokens_per_s']:7.0f} tokens/s  "
-                      f"{r['peak_mb']:6.0f} MB", file=sys.stderr, flush=True)
-    base = statistics.median(r["tokens_per_s"] for r in rows[BASELINE])
+                for packing in packings:
+                    name = f"{stem}{' packing=' + packing if packing else ''}"
+                    r = run_one(folder / f"{stem}.yaml", a, Path(tmp) / f"{stem}-{packing}-{i}", packing)
+                    rows.setdefault(name, []).append(r)
+                    print(f"  {name:26s} round {i + 1}: {r['tokens_per_s']:7.0f} tokens/s  "
+                          f"{r['peak_mb']:6.0f} MB", file=sys.stderr, flush=True)
+    base = statistics.median(r["tokens_per_s"] for r in rows[next(iter(rows))])  # full's first row
     print("| recipe | precision | trainable | tokens/s: median (runs) | × full | peak RSS |")
     print("|---|---|--:|---|--:|--:|")
     for stem, runs in rows.items():
@@ -69,6 +80,11 @@ def main(argv=None) -> None:
         each = ", ".join(f"{r['tokens_per_s']:.0f}" for r in runs)
         print(f"| {stem} | {runs[0]['precision']} | {runs[0]['trainable']:,} | {med:,.0f} ({each}) | "
               f"{med / base:.2f} | {max(r['peak_mb'] for r in runs):,.0f} MB |")
+    if a.packing == "both":
+        for stem in stems:
+            packed, padded = (statistics.median(r["tokens_per_s"] for r in rows[f"{stem} packing={p}"])
+                              for p in ("true", "false"))
+            print(f"{stem}: packed batches {packed / padded:.2f}x the padded batches' tokens/s")
 
 
 if __name__ == "__main__":

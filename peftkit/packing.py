@@ -11,8 +11,11 @@ Why not length-grouped batches: grouping makes every batch a set of similar-leng
 (headlines together, long sentences together), a different training signal than random batches;
 on CoNLL-2003 it cost ~1 F1 point after an epoch (docs/speed.md). Packing keeps the
 random batch, so the loss and gradient are those of the padded batch, at a fraction of the padding.
-Needs a 4-D mask, which transformers passes to SDPA as it is; not for sequence classification
-(one label per row) nor for strategies that prepend virtual tokens to the mask (prefix, prompt).
+Needs a 4-D mask, which transformers passes to SDPA as it is; not for strategies that prepend
+virtual tokens to the mask (prefix, prompt). Sequence classification (one label per example, read
+from its first token) packs too: the encoder's output is gathered back to one row per example
+before the model's pooler and head (peftkit/pooled_packing.py, checked against the padded batch
+before training).
 """
 
 from __future__ import annotations
@@ -20,13 +23,20 @@ from __future__ import annotations
 from peftkit.tasks.base import IGNORE
 
 TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal attention
+POOLED = {"sequence-classification"}  # one label per example: its first token's row is gathered
+STARTS = "example_starts"  # batch key: (row, slot) of each example's first token, in batch order
 
 
 def packing_applies(recipe, model) -> bool:
     """True when the recipe asks for packing and task, strategy and attention kernel allow it."""
     attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    return (recipe.train.packing and recipe.task in TASKS
+    return (recipe.train.packing and (recipe.task in TASKS or recipe.task in POOLED)
             and recipe.strategy_impl.packable and attn == "sdpa")
+
+
+def collator(recipe, pad_id: int) -> "PackingCollator":
+    """The packing collator for the recipe's task (packing_applies said yes)."""
+    return PackingCollator(pad_id, causal=TASKS.get(recipe.task, False), pooled=recipe.task in POOLED)
 
 
 def trainer_class(recipe, model, pad_id: int):
@@ -36,11 +46,15 @@ def trainer_class(recipe, model, pad_id: int):
 
     if not packing_applies(recipe, model):
         return Trainer
-    causal = TASKS[recipe.task]
+    packing = collator(recipe, pad_id)
+    if packing.pooled:
+        from peftkit.pooled_packing import pooled_trainer
+
+        return pooled_trainer(Trainer, packing)
 
     class PackedTrainer(Trainer):
         def get_train_dataloader(self):
-            padded, self.data_collator = self.data_collator, PackingCollator(pad_id, causal)
+            padded, self.data_collator = self.data_collator, packing
             try:
                 return super().get_train_dataloader()
             finally:
@@ -50,10 +64,12 @@ def trainer_class(recipe, model, pad_id: int):
 
 
 class PackingCollator:
-    """Packs a list of tokenized examples (input_ids, labels, optional token_type_ids) into rows."""
+    """Packs a list of tokenized examples (input_ids, labels, optional token_type_ids) into rows.
+    pooled: one label per example (sequence classification): `labels` stays one per example, in
+    the batch's order, and STARTS says where each example's first token sits."""
 
-    def __init__(self, pad_id: int, causal: bool):
-        self.pad_id, self.causal = pad_id, causal
+    def __init__(self, pad_id: int, causal: bool, pooled: bool = False):
+        self.pad_id, self.causal, self.pooled = pad_id, causal, pooled
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -65,12 +81,15 @@ class PackingCollator:
         positions = torch.zeros(shape, dtype=torch.long)
         segment = torch.full(shape, -1, dtype=torch.long)  # which example a slot holds; -1: padding
         types = torch.zeros(shape, dtype=torch.long) if "token_type_ids" in features[0] else None
+        starts = torch.zeros((len(features), 2), dtype=torch.long)
         for r, members in enumerate(rows):
             start = 0
             for s, i in enumerate(members):
                 f, end = features[i], start + len(features[i]["input_ids"])
                 ids[r, start:end] = torch.as_tensor(f["input_ids"])
-                labels[r, start:end] = torch.as_tensor(f["labels"])
+                starts[i] = torch.tensor([r, start])
+                if not self.pooled:
+                    labels[r, start:end] = torch.as_tensor(f["labels"])
                 if self.causal:
                     labels[r, start] = IGNORE
                 if types is not None:
@@ -80,6 +99,9 @@ class PackingCollator:
                 start = end
         batch = {"input_ids": ids, "attention_mask": block_mask(segment, self.causal),
                  "position_ids": positions, "labels": labels}
+        if self.pooled:
+            batch["labels"] = torch.as_tensor([f["labels"] for f in features])
+            batch[STARTS] = starts
         if types is not None:
             batch["token_type_ids"] = types
         return batch

@@ -182,7 +182,7 @@ def forward(parts, config, dtype, features, precision: str) -> Forward:
     saved, allocated = Storages(params), Storages(params)
     with torch.autograd.graph.saved_tensors_hooks(saved.add, lambda t: t), \
             Allocations(allocated), autocast(precision):
-        out = model(**batch)
+        out = train_forward(model, batch)
     logits = out["logits"] if isinstance(out, dict) else out[0]
     return Forward(saved.bytes, allocated.bytes, logits.numel(), logits.element_size(),
                    logits.shape[-1])
@@ -232,11 +232,19 @@ def Allocations(storages: Storages):
 
 
 def collate(parts, model, features):
-    from peftkit.packing import TASKS, PackingCollator, packing_applies
+    from peftkit.packing import collator, packing_applies
 
     if packing_applies(parts.recipe, model):
-        return PackingCollator(parts.tokenizer.pad_token_id, TASKS[parts.recipe.task])(features)
+        return collator(parts.recipe, parts.tokenizer.pad_token_id)(features)
     return parts.task.collator(parts.tokenizer)(features)
+
+
+def train_forward(model, batch: dict):
+    """The training forward: a sequence-classification packed batch gathers its examples' rows."""
+    from peftkit.packing import STARTS
+    from peftkit.pooled_packing import forward_packed
+
+    return forward_packed(model, batch) if STARTS in batch else model(**batch)
 
 
 def autocast(precision: str):
