@@ -20,11 +20,11 @@ before training).
 
 from __future__ import annotations
 
+from peftkit.pooled_packing import STARTS
 from peftkit.tasks.base import IGNORE
 
 TASKS = {"token-classification": False, "causal-lm": True}  # task -> causal attention
 POOLED = {"sequence-classification"}  # one label per example: its first token's row is gathered
-STARTS = "example_starts"  # batch key: (row, slot) of each example's first token, in batch order
 
 
 def packing_applies(recipe, model) -> bool:

@@ -20,8 +20,7 @@ from contextlib import contextmanager
 
 import click
 
-from peftkit.packing import STARTS
-
+STARTS = "example_starts"  # batch key: (row, slot) of each example's first token, in batch order
 CHECK_EXAMPLES = 8
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}  # float error of attention over a wider row
 

@@ -123,8 +123,8 @@ class TrainSection:
     seed: int = opt(42, "seed for weights, data order and dropout", min=0)
     precision: str = opt("auto", "auto picks bf16 where the hardware has it",
                          choices=["auto", "fp32", "bf16", "fp16"])
-    packing: bool = opt(True, "token classification, causal LM: pack each random batch's examples "
-                        "into shared rows (less padding, the same loss)")
+    packing: bool = opt(True, "pack each random batch's examples into shared rows (less padding, "
+                        "the same loss); not for prefix / prompt tuning")
     group_by_length: bool = opt(False, "batch examples of similar length: least padding, but a "
                                 "different training signal (docs/speed.md)")
     logging_steps: int = opt(10, "log loss every N steps", min=1)

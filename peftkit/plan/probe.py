@@ -241,8 +241,7 @@ def collate(parts, model, features):
 
 def train_forward(model, batch: dict):
     """The training forward: a sequence-classification packed batch gathers its examples' rows."""
-    from peftkit.packing import STARTS
-    from peftkit.pooled_packing import forward_packed
+    from peftkit.pooled_packing import STARTS, forward_packed
 
     return forward_packed(model, batch) if STARTS in batch else model(**batch)
 
