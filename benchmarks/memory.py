@@ -11,8 +11,11 @@ slice and batch. Three figures per run:
   over training;
   process peak: ru_maxrss over the whole run (loading a GGUF file de-quantizes it, which can be
   the process's high-water mark before training starts).
-What they do not show: allocator caching (freed memory the process keeps counts as RSS), other
-processes' load (none is measured here, but a shared machine slows the runs).
+At train begin the C allocator is asked to return freed memory to the system (glibc malloc_trim):
+without it, "before" kept whatever loading and the plan's probe had freed (measured: LoRA runs of
+the same settings started at 1,196 and 1,921 MB), which training then reused unseen.
+What they do not show: allocator caching during training (freed memory the process keeps counts
+as RSS), other processes' load (none is measured here, but a shared machine slows the runs).
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ class Sampler:
 
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
+        release_freed_memory()
         self.start = self.peak = self.proc.memory_info().rss
         threading.Thread(target=self.loop, daemon=True).start()
 
@@ -80,6 +84,17 @@ class Sampler:
         while not self.stop.is_set():
             self.peak = max(self.peak, self.proc.memory_info().rss)
             time.sleep(0.005)
+
+
+def release_freed_memory() -> None:
+    """glibc: give freed heap pages back (RSS then counts what is alive); elsewhere nothing."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def worker(a) -> dict:
@@ -93,7 +108,7 @@ def worker(a) -> dict:
     case = CASES[a.case]
     strategy, train = VARIANTS[a.variant]
     train = dict(train)
-    batch = max(1, int(case["batch_size"] * train.pop("batch_size", 1)))
+    batch = max(1, int((a.batch or case["batch_size"]) * train.pop("batch_size", 1)))
     lora = strategy == "lora"
     data = {"name": case["data"], "max_length": case["max_length"], "max_train_samples": a.train_samples,
             "max_eval_samples": 8, "max_test_samples": 8}
@@ -123,6 +138,8 @@ def run_one(case: str, variant: str, a) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = [sys.executable, __file__, "--worker", "--case", case, "--variant", variant,
                "--out", out.name, "--steps", str(a.steps), "--train-samples", str(a.train_samples)]
+        if a.batch:
+            cmd += ["--batch", str(a.batch)]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(HERE.parent)}
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -149,6 +166,7 @@ def main(argv=None) -> None:
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--steps", type=int, default=4, help="optimizer steps per run")
     p.add_argument("--train-samples", type=int, default=64)
+    p.add_argument("--batch", type=int, help="batch size (default: the case's)")
     p.add_argument("--markdown", help="also write the table here")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--case", help=argparse.SUPPRESS)
