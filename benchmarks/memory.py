@@ -4,16 +4,19 @@
     python benchmarks/memory.py --cases smollm2 --variants full,lora --markdown out.md
 
 Each variant is one peftkit run_recipe in its own process, a few optimizer steps on the same data
-slice and batch. Three figures per run:
+slice and batch. Figures per run:
   before: RSS when training starts (weights loaded, data encoded, strategy applied);
   training peak: the highest RSS sampled every 5 ms from the first to the last training step
   (weights, gradients, optimizer state, activations); on a GPU also torch.cuda.max_memory_allocated
   over training;
+  anonymous: the same two for RssAnon (heap and tensors, without the mapped library and weight-file
+  pages that RSS also counts, whose number depends on which code ran);
   process peak: ru_maxrss over the whole run (loading a GGUF file de-quantizes it, which can be
   the process's high-water mark before training starts).
-At train begin the C allocator is asked to return freed memory to the system (glibc malloc_trim):
-without it, "before" kept whatever loading and the plan's probe had freed (measured: LoRA runs of
-the same settings started at 1,196 and 1,921 MB), which training then reused unseen.
+At train begin the C allocator is asked to return freed memory to the system (glibc malloc_trim),
+so "before" does not count what loading and the plan's probe freed. Even so, RSS before training
+varied by ~700 MB between runs of the same settings (LoRA: 1,196, 1,889 and 1,921 MB), which is
+why the anonymous figures are reported too.
 What they do not show: allocator caching during training (freed memory the process keeps counts
 as RSS), other processes' load (none is measured here, but a shared machine slows the runs).
 """
@@ -49,13 +52,25 @@ VARIANTS = {  # name -> (strategy, train overrides)
 }
 
 
+def anon_bytes() -> int:
+    """Anonymous resident memory (Linux RssAnon: heap and tensors; no mapped library or weight
+    file pages, which RSS also counts and which vary with what code ran); 0 where unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("RssAnon:"))
+        return int(line.split()[1]) * 1024
+    except (OSError, StopIteration):
+        return 0
+
+
 class Sampler:
-    """A TrainerCallback that samples this process's RSS from train begin to train end."""
+    """A TrainerCallback that samples this process's RSS (and RssAnon) from train begin to end."""
 
     def __init__(self):
         import psutil
 
         self.proc, self.peak, self.start, self.stop = psutil.Process(), 0, 0, threading.Event()
+        self.anon_start = self.anon_peak = 0
 
     def callback(self):
         from transformers import TrainerCallback
@@ -78,11 +93,13 @@ class Sampler:
             torch.cuda.reset_peak_memory_stats()
         release_freed_memory()
         self.start = self.peak = self.proc.memory_info().rss
+        self.anon_start = self.anon_peak = anon_bytes()
         threading.Thread(target=self.loop, daemon=True).start()
 
     def loop(self):
         while not self.stop.is_set():
             self.peak = max(self.peak, self.proc.memory_info().rss)
+            self.anon_peak = max(self.anon_peak, anon_bytes())
             time.sleep(0.005)
 
 
@@ -129,6 +146,7 @@ def worker(a) -> dict:
     mb = 2 ** 20
     return {"case": a.case, "variant": a.variant, "batch": batch, "steps": r["train_steps"],
             "precision": r["precision"], "before_mb": sampler.start / mb, "train_peak_mb": sampler.peak / mb,
+            "before_anon_mb": sampler.anon_start / mb, "train_peak_anon_mb": sampler.anon_peak / mb,
             "process_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "cuda_peak_mb": torch.cuda.max_memory_allocated() / mb if torch.cuda.is_available() else None,
             "train_seconds": r["train_seconds"]}
@@ -150,13 +168,18 @@ def run_one(case: str, variant: str, a) -> dict:
 
 def table(rows: list[dict]) -> str:
     lines = ["| case | variant | batch | precision | RSS before training | training peak RSS "
-             "| training peak / full's | process peak RSS | GPU peak |", "|---|---|---|---|---|---|---|---|---|"]
-    full = {r["case"]: r["train_peak_mb"] for r in rows if r["variant"] == "full"}
+             "| training peak / full's | anonymous: before, peak | anonymous peak / full's "
+             "| process peak RSS | GPU peak |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    full = {r["case"]: r for r in rows if r["variant"] == "full"}
     for r in rows:
-        ratio = f"{r['train_peak_mb'] / full[r['case']]:.2f}×" if r["case"] in full else "–"
+        base = full.get(r["case"])
+        ratio = f"{r['train_peak_mb'] / base['train_peak_mb']:.2f}×" if base else "–"
+        anon = f"{r['train_peak_anon_mb'] / base['train_peak_anon_mb']:.2f}×" \
+            if base and base["train_peak_anon_mb"] else "–"
         gpu = f"{r['cuda_peak_mb']:.0f} MB" if r["cuda_peak_mb"] is not None else "–"
         lines.append(f"| {r['case']} | {r['variant']} | {r['batch']} | {r['precision']} | {r['before_mb']:.0f} MB "
-                     f"| {r['train_peak_mb']:.0f} MB | {ratio} | {r['process_peak_mb']:.0f} MB | {gpu} |")
+                     f"| {r['train_peak_mb']:.0f} MB | {ratio} | {r['before_anon_mb']:.0f} MB, "
+                     f"{r['train_peak_anon_mb']:.0f} MB | {anon} | {r['process_peak_mb']:.0f} MB | {gpu} |")
     return "\n".join(lines)
 
 
@@ -186,6 +209,7 @@ def main(argv=None) -> None:
                 continue
             r = rows[-1]
             print(f"{case} {variant}: before {r['before_mb']:.0f} MB, training peak {r['train_peak_mb']:.0f} MB, "
+                  f"anonymous {r['before_anon_mb']:.0f} -> {r['train_peak_anon_mb']:.0f} MB, "
                   f"process peak {r['process_peak_mb']:.0f} MB", flush=True)
     text = table(rows)
     print("\n" + text)
