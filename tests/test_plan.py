@@ -159,3 +159,33 @@ def test_advice_names_overrides_that_validate(tiny_bert_dir, write_recipe, tmp_p
         tips = advice(plan, parts.recipe)
         assert any(t.startswith("train.batch_size=8 ") for t in tips)
         assert ("model.quantization=8bit" in tips) is eight_bit
+
+
+def test_probe_frees_what_autograd_saved_once_it_has_counted_it():
+    """The probe's pack hook must not hand autograd the tensor itself: an op that saves its own
+    output (softmax, SiLU) then holds it from its own graph node, a cycle that outlives the probe
+    (SmolLM2: ~700 MB kept alive through the whole training run)."""
+    import gc
+    import weakref
+
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from peftkit.plan.probe import Storages
+
+    model = AutoModelForCausalLM.from_config(LlamaConfig(
+        vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64)).train()
+    saved, refs = Storages({p.untyped_storage().data_ptr() for p in model.parameters()}), []
+
+    def pack(t):
+        refs.append(weakref.ref(t))
+        return saved.add(t)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, saved.get):
+        out = model(input_ids=torch.randint(0, 64, (2, 9)))
+    assert saved.bytes > 0 and saved.get(0) is refs[0]()  # counted, and kept while counting
+    del out, model
+    saved.release()
+    gc.collect()
+    assert refs and all(r() is None for r in refs)

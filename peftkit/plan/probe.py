@@ -180,12 +180,15 @@ def forward(parts, config, dtype, features, precision: str) -> Forward:
     batch = collate(parts, model, features)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved, allocated = Storages(params), Storages(params)
-    with torch.autograd.graph.saved_tensors_hooks(saved.add, lambda t: t), \
-            Allocations(allocated), autocast(precision):
-        out = train_forward(model, batch)
-    logits = out["logits"] if isinstance(out, dict) else out[0]
-    return Forward(saved.bytes, allocated.bytes, logits.numel(), logits.element_size(),
-                   logits.shape[-1])
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(saved.add, saved.get), \
+                Allocations(allocated), autocast(precision):
+            out = train_forward(model, batch)
+        logits = out["logits"] if isinstance(out, dict) else out[0]
+        return Forward(saved.bytes, allocated.bytes, logits.numel(), logits.element_size(),
+                       logits.shape[-1])
+    finally:
+        saved.release()
 
 
 class Storages:
@@ -193,12 +196,23 @@ class Storages:
 
     def __init__(self, params: set[int]):
         self.params, self.seen = params, {}
+        self.kept = []  # the saved tensors, alive until release(): addresses are not reused
 
     def add(self, t):
+        """saved_tensors_hooks' pack hook. It returns an index, not the tensor: an op that saves
+        its own output (exp, softmax, ...) would otherwise hold it from its own graph node, a cycle
+        no garbage collector sees, which kept ~700 MB of SmolLM2's probe alive through training."""
         storage = t.untyped_storage()
         if storage.data_ptr() not in self.params:
             self.seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
-        return t
+        self.kept.append(t)
+        return len(self.kept) - 1
+
+    def get(self, i: int):
+        return self.kept[i]
+
+    def release(self) -> None:
+        self.kept.clear()
 
     def count(self, t) -> None:
         """Every allocation, even at an address an earlier, freed tensor had: what the allocator
