@@ -4,8 +4,8 @@
     PEFTKIT_DATA_DIR=../shared/data python benchmarks/strategy_speed.py --task sst2 --recipes lora,full \
         --packing both          # packed against padded training batches, same runs otherwise
 
-Each recipe of recipes/conll2003/ (--task: another recipe folder) trains --steps optimizer steps on the first --train-samples
-CoNLL-2003 sentences, every strategy from the same data with the same batch, precision and seed,
+Each recipe of recipes/conll2003/ (--task: another recipe folder) trains --steps optimizer steps
+on the first --train-samples training examples, every strategy from the same data with the same batch, precision and seed,
 each run in its own process, one at a time (run it alone: two processes on two cores halve each
 other). The learning rate is fixed (the recipe's fallback, not `auto`: the search is not part of
 training speed). tokens/s counts real tokens over the wall time of `trainer.train()`

@@ -47,19 +47,25 @@ def trainer_class(recipe, model, pad_id: int):
     if not packing_applies(recipe, model):
         return Trainer
     packing = collator(recipe, pad_id)
-    if packing.pooled:
-        from peftkit.pooled_packing import pooled_trainer
-
-        return pooled_trainer(Trainer, packing)
 
     class PackedTrainer(Trainer):
+        def packs(self) -> bool:
+            """Whether this run's training batches are packed (pooled_packing checks first)."""
+            return True
+
         def get_train_dataloader(self):
+            if not self.packs():
+                return super().get_train_dataloader()
             padded, self.data_collator = self.data_collator, packing
             try:
                 return super().get_train_dataloader()
             finally:
                 self.data_collator = padded
 
+    if packing.pooled:
+        from peftkit.pooled_packing import pooled_trainer
+
+        return pooled_trainer(PackedTrainer, packing)
     return PackedTrainer
 
 
@@ -77,7 +83,7 @@ class PackingCollator:
         rows, width = first_fit([len(f["input_ids"]) for f in features])
         shape = (len(rows), width)
         ids = torch.full(shape, self.pad_id, dtype=torch.long)
-        labels = torch.full(shape, IGNORE, dtype=torch.long)
+        labels = None if self.pooled else torch.full(shape, IGNORE, dtype=torch.long)
         positions = torch.zeros(shape, dtype=torch.long)
         segment = torch.full(shape, -1, dtype=torch.long)  # which example a slot holds; -1: padding
         types = torch.zeros(shape, dtype=torch.long) if "token_type_ids" in features[0] else None
@@ -88,10 +94,10 @@ class PackingCollator:
                 f, end = features[i], start + len(features[i]["input_ids"])
                 ids[r, start:end] = torch.as_tensor(f["input_ids"])
                 starts[i] = torch.tensor([r, start])
-                if not self.pooled:
+                if labels is not None:
                     labels[r, start:end] = torch.as_tensor(f["labels"])
-                if self.causal:
-                    labels[r, start] = IGNORE
+                    if self.causal:
+                        labels[r, start] = IGNORE
                 if types is not None:
                     types[r, start:end] = torch.as_tensor(f["token_type_ids"])
                 positions[r, start:end] = torch.arange(end - start)

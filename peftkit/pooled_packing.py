@@ -20,6 +20,8 @@ from contextlib import contextmanager
 
 import click
 
+from peftkit import env
+
 STARTS = "example_starts"  # batch key: (row, slot) of each example's first token, in batch order
 CHECK_EXAMPLES = 8
 TOLERANCE = {"atol": 1e-4, "rtol": 1e-3}  # float error of attention over a wider row
@@ -90,24 +92,20 @@ def check_features(dataset) -> list[dict]:
     """The first training examples, as the collators receive them."""
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids", "labels")
             if k in dataset.column_names]
-    return [{k: dataset[i][k] for k in keys} for i in range(min(CHECK_EXAMPLES, len(dataset)))]
+    rows = dataset.select(range(min(CHECK_EXAMPLES, len(dataset))))
+    return [{k: row[k] for k in keys} for row in rows]
 
 
-def pooled_trainer(base, packing):
-    """A `base` (Trainer) subclass whose training batches are packed once the check passes."""
+def pooled_trainer(packed_trainer, packing):
+    """packing.PackedTrainer's subclass: packed batches once the check passes, their rows gathered."""
 
-    class PooledPackedTrainer(base):
-        def get_train_dataloader(self):
+    class PooledPackedTrainer(packed_trainer):
+        def packs(self) -> bool:
             why = mismatch(self.model, check_features(self.train_dataset), packing, self.data_collator)
-            if why:
+            if why and env.is_main():
                 click.secho(f"note: training batches padded, not packed: packed rows do not give "
                             f"this model's padded logits ({why})", fg="yellow")
-                return super().get_train_dataloader()
-            padded, self.data_collator = self.data_collator, packing
-            try:
-                return super().get_train_dataloader()
-            finally:
-                self.data_collator = padded
+            return not why
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             starts = inputs.pop(STARTS, None)
