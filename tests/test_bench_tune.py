@@ -227,3 +227,25 @@ def test_tune_refuses_a_suite_whose_results_are_scored_on_training_data(tiny_ber
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
         assert "keeps the test examples out of the search" in result.output
         assert not (tmp_path / "o" / "trials").exists()
+
+
+def test_a_trial_whose_process_died_is_failed_by_the_next_process_and_replaced(
+        tiny_bert_dir, tmp_path, monkeypatch):
+    from peftkit.bench import tune
+
+    monkeypatch.setattr(tune, "HEARTBEAT_S", 1)
+    monkeypatch.setattr(tune, "GRACE_S", 1)
+    suite = load_suite(tuned_suite(tmp_path, tiny_bert_dir, {"trials": 2, "seeds": 1}), tune=True)
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    storage, _ = tune.open_storage(optuna, url, tmp_path)
+    study = optuna.create_study(study_name="tiny:lora", storage=storage, direction="maximize")
+    dead = study.ask()  # a process started this trial and was killed: heartbeats stop
+    storage.record_heartbeat(dead._trial_id)
+    time.sleep(2.5)
+    monkeypatch.setattr(pipeline, "run_recipe", lambda recipe, run_dir, callbacks=(), **kw:
+                        {"test": {"f1": 0.5}, "health": {"status": "ok"}})
+    tune.tune_suite(suite, tmp_path / "out", url, echo=lambda line: None)
+    states = [t.state.name for t in optuna.load_study(study_name="tiny:lora", storage=url).trials]
+    assert states == ["FAIL", "COMPLETE", "COMPLETE"]  # failed, not counted: the budget still ran
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert "not counted" in rows[0]["error"] and rows[1]["error"] == ""

@@ -18,7 +18,9 @@ a trial read the test examples. The budget
 counts completed, pruned and failed trials; a trial cut short by Ctrl-C or a killed process
 (FAIL without an error of its own) does not count, so a rerun replaces it. Several processes on
 one storage (--storage) share a study: each runs trials until the shared count reaches the
-budget (one more each at most, when they finish at the same moment).
+budget (one more each at most, when they finish at the same moment). On an RDB storage each
+running trial sends Optuna heartbeats; one whose process died (no heartbeat for GRACE_S) is
+marked failed by the next process that runs a trial, instead of staying "running" for ever.
 """
 
 from __future__ import annotations
@@ -120,6 +122,9 @@ def groups(suite: Suite) -> dict[str, list[Variant]]:
     return out
 
 
+HEARTBEAT_S, GRACE_S = 60, 600  # a trial's process sends a heartbeat a minute; 10 min silent: dead
+
+
 def open_storage(optuna, url: str | None, out: Path):
     """(storage, its description). Default: SQLite in the bench folder, so a rerun resumes.
     A URL with :// is an RDB (sqlite:///f.db, postgresql://...); journal:PATH or any other path
@@ -129,7 +134,8 @@ def open_storage(optuna, url: str | None, out: Path):
         url = f"sqlite:///{(out / 'tune.db').resolve()}"
     if "://" in url:
         try:
-            return optuna.storages.RDBStorage(url), url
+            return optuna.storages.RDBStorage(url, heartbeat_interval=HEARTBEAT_S,
+                                              grace_period=GRACE_S), url
         except Exception as exc:  # noqa: BLE001 - a bad URL or a missing database driver
             raise PeftkitError(f"--storage {url}: Optuna cannot open it ({exc}). Use an RDB URL "
                                "such as sqlite:///tune.db or a journal file, journal:PATH") from None
@@ -317,8 +323,15 @@ def summarize_study(optuna, study, spec, storage: str) -> dict:
 def trial_record(t) -> dict:
     return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
-            "error": t.user_attrs.get("error"), "health": t.user_attrs.get("health"),
+            "error": t.user_attrs.get("error") or stopped_note(t), "health": t.user_attrs.get("health"),
             "seconds": t.user_attrs.get("seconds")}
+
+
+def stopped_note(t) -> str | None:
+    """Why a failed trial without an error of its own failed (it does not use up budget)."""
+    if t.state.name == "FAIL" and "error" not in t.user_attrs:
+        return "stopped before it finished (Ctrl-C, or its process died); not counted, rerun"
+    return None
 
 
 def with_best(variant: Variant, summary: dict) -> Variant:
