@@ -13,8 +13,9 @@ slice and batch. Figures per run:
   pages that RSS also counts, whose number depends on which code ran);
   process peak: ru_maxrss over the whole run (loading a GGUF file de-quantizes it, which can be
   the process's high-water mark before training starts).
-At train begin the C allocator is asked to return freed memory to the system (glibc malloc_trim),
-so "before" does not count what loading and the plan's probe freed. Even so, RSS before training
+At train begin the C allocator is asked to return freed memory to the system (glibc malloc_trim;
+every run does it there, peftkit/freed_memory.py), so "before" does not count what loading and
+the plan's probe freed. Even so, RSS before training
 varied by ~700 MB between runs of the same settings (LoRA: 1,196, 1,889 and 1,921 MB), which is
 why the anonymous figures are reported too.
 What they do not show: allocator caching during training (freed memory the process keeps counts
@@ -89,6 +90,8 @@ class Sampler:
     def begin(self):
         import torch
 
+        from peftkit.freed_memory import release_freed_memory
+
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         release_freed_memory()
@@ -101,17 +104,6 @@ class Sampler:
             self.peak = max(self.peak, self.proc.memory_info().rss)
             self.anon_peak = max(self.anon_peak, anon_bytes())
             time.sleep(0.005)
-
-
-def release_freed_memory() -> None:
-    """glibc: give freed heap pages back (RSS then counts what is alive); elsewhere nothing."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def worker(a) -> dict:

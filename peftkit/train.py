@@ -133,6 +133,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
                   callbacks: list, *, report_to=(), find_unused_parameters: bool = False,
                   probe: bool = False):
     from peftkit.callbacks import guard_callbacks  # NaN stop, signals, resume state, data order
+    from peftkit.freed_memory import ReleaseFreedMemory
     from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
 
@@ -142,8 +143,8 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    own_loss = None if recipe.strategy_impl.adds_to_model_loss(recipe.strategy) else task.training_loss()
-    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id), own_loss)
+    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id),
+                                 training_loss_of(recipe, task))
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
                if power else None)
@@ -161,10 +162,16 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             preprocess_logits_for_metrics=preprocess,
             compute_loss_func=weighted_loss(weights) if weights else None,
             callbacks=[metrics_logger(run_dir / rundir.METRICS), *guard_callbacks(recipe), *callbacks,
-                       *stopping],
+                       *stopping, ReleaseFreedMemory()],
         )
     quiet_raw_logs(trainer)
     return trainer
+
+
+def training_loss_of(recipe, task):
+    """The task's own training loss (Task.training_loss), unless the strategy adds a term to the
+    model's loss (AdaLoRA's orthogonality regulariser), which the task's loss would lose."""
+    return None if recipe.strategy_impl.adds_to_model_loss(recipe.strategy) else task.training_loss()
 
 
 def with_task_loss(trainer_cls, task_loss):

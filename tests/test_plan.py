@@ -133,6 +133,42 @@ def test_probe_scales_one_and_two_layers_to_the_full_depth(tiny_bert_dir, write_
     assert one.logits_last == len(parts.labels)
 
 
+@pytest.mark.parametrize("strategy,completion_only", [
+    ({"name": "lora", "r": 4}, True),
+    ({"name": "prompt", "num_virtual_tokens": 3}, True),
+    # AdaLoRA with its regulariser adds to the model's loss: the run keeps the model's full logits
+    ({"name": "adalora", "init_r": 6, "target_r": 2, "tinit": 1, "tfinal": 1,
+      "orth_reg_weight": 0.1}, False),
+])
+def test_causal_probe_counts_the_logits_the_training_loss_holds(strategy, completion_only,
+                                                                tiny_llama_dir, write_recipe, tmp_path):
+    """The run's loss computes the output layer on completion positions only
+    (tasks/completion_loss.py): the probe counts those logits. Evaluation keeps the model's own
+    forward: every position's logits (virtual tokens included) and the key/value cache."""
+    from peftkit.plan import probe
+
+    parts = parts_for(write_recipe(causal_recipe(tiny_llama_dir, tmp_path / "r", strategy)))
+    config = probe.load_config(parts)
+    features = [parts.encoded["train"][i] for i in range(4)]
+    dtype = probe.loaded_dtype(config, False)
+    fwd = probe.forward(parts, config, dtype, features, "fp32")
+    batch = probe.collate(parts, probe.apply_strategy(parts, probe.build(parts, config, dtype, "cpu")),
+                          features)  # packed where the run packs
+    rows, width = batch["labels"].shape
+    virtual = strategy.get("num_virtual_tokens", 0) if strategy["name"] == "prompt" else 0
+    labelled = int((batch["labels"][:, 1:] != -100).sum())
+    assert fwd.logits_last == config.vocab_size
+    assert fwd.logits_numel == (labelled if completion_only else rows * (width + virtual)) * config.vocab_size
+    row = probe.eval_row(parts, config, dtype, features[0], "fp32")
+    length = len(features[0]["input_ids"])
+    assert row.logits_numel == (length + virtual) * config.vocab_size
+    # keys and values: 2 x layers x kv heads x positions x head dim, fp32 (prompt tuning's virtual
+    # tokens are positions too)
+    head_dim = config.hidden_size // config.num_attention_heads
+    assert row.other_bytes == (2 * config.num_hidden_layers * config.num_key_value_heads
+                               * (length + virtual) * head_dim * 4)
+
+
 def test_plan_json_and_advice(tiny_bert_dir, write_recipe, tmp_path):
     from peftkit.cli import main
 

@@ -4,7 +4,10 @@ epoch of a recipe, without loading its weights.
     make_plan(parts)   parts: pipeline.Build (data, tokenizer, encoded examples: no weights)
         probe.count        meta-device model + Strategy.apply: exact counts, bytes as loaded
         batches.largest_*  the largest training batch (as packed) and evaluation batch
-        probe.activations  a forward pass of a 1- and 2-layer random copy on that batch
+        probe.activations  a forward pass of a 1- and 2-layer random copy on that batch, with
+                           the run's own training loss (a causal LM's: completion logits only)
+        probe.eval_row     an evaluation forward of one row as wide as the largest evaluation
+                           batch: its logits and what else the model returns (key/value cache)
         memory.memory      the arithmetic (memory.py): weights, gradients, AdamW, activations,
                            logits, evaluation, loading, over this process's baseline
         timing             FLOPs / a measured matmul rate (rough)
@@ -41,19 +44,18 @@ def make_plan(parts) -> Plan:
     big = batches.largest_training_batch(lengths, t.batch_size, math.ceil(len(lengths) / t.batch_size),
                                          packed, t.seed)
     full, fwd = probe.activations(parts, config, dtype, [train[i] for i in big.indices], parts.precision)
-    saved = full.saved_bytes if on_gpu() else full.allocated_bytes  # probe.py says why
+    saved = full.saved_bytes + (0 if on_gpu() else CPU_LAYERS_IN_BACKWARD * full.layer_bytes)
     # the probe runs unquantized; an 8-bit Linear de-quantizes its weight for every matmul
     saved += counts.int8_weights * 4
     if t.gradient_checkpointing:  # only each layer's input is kept, one layer recomputed at a time
         saved = checkpointed(saved, fwd, config, big)
-    ev = largest_eval(parts, recipe)
-    positions = fwd.logits_numel // (big.rows * fwd.logits_last)  # per row: width (+ virtual) or 1
-    eval_positions = ev.width + positions - big.width if positions >= big.width else positions
+    ev, split = largest_eval(parts, recipe)
+    longest = max(ev.indices, key=lambda i: len(parts.encoded[split][i]["input_ids"]))
+    row = probe.eval_row(parts, config, dtype, parts.encoded[split][longest], parts.precision)
     mem = memory(baseline_mb=baseline, weight_bytes=counts.weight_bytes,
                  trainable_bytes=counts.trainable_bytes, activation_bytes=saved,
-                 logits_numel=fwd.logits_numel,
-                 eval_logits_numel=ev.rows * eval_positions * fwd.logits_last,
-                 eval_logit_bytes=fwd.logits_bytes,
+                 logits_numel=fwd.logits_numel, eval_logits_numel=ev.rows * row.logits_numel,
+                 eval_logit_bytes=fwd.logits_bytes, eval_other_bytes=ev.rows * row.other_bytes,
                  loading_bytes=loading_bytes(parts, counts, gguf))
     _, layers = probe.num_layers(config)
     hidden = getattr(config, "hidden_size", 0) or 0
@@ -66,6 +68,9 @@ def make_plan(parts) -> Plan:
                 parts.precision, available_mb(baseline), [])
     plan.advice = advice(plan, recipe)
     return plan
+
+
+CPU_LAYERS_IN_BACKWARD = 2  # on CPU, beside the saved tensors: probe.py says why
 
 
 # what `run` imports to train (about 85 MB resident here: benchmarks/RESULTS.md#plan)
@@ -134,10 +139,10 @@ def largest_eval(parts, recipe):
     """The largest evaluation batch: the validation split during training, the test split at the end."""
     from peftkit.plan.batches import largest_eval_batch
 
-    found = [largest_eval_batch([len(ids) for ids in parts.encoded[split]["input_ids"]],
-                                recipe.train.eval_batch_size)
+    found = [(largest_eval_batch([len(ids) for ids in parts.encoded[split]["input_ids"]],
+                                 recipe.train.eval_batch_size), split)
              for split in ("eval", "test") if split in parts.encoded and len(parts.encoded[split])]
-    return max(found, key=lambda b: b.slots)
+    return max(found, key=lambda found: found[0].slots)
 
 
 def steps_per_epoch(recipe, n_train: int) -> int:

@@ -6,6 +6,7 @@
                                       evaluation batch, from the encoded lengths
            ─▶ probe.activations       saved tensors of one forward pass through a 1- and a
                                       2-layer copy (random weights) on that batch, scaled to N
+           ─▶ probe.eval_row          one evaluation row: logits, key/value cache, x rows
            ─▶ Memory.peak             baseline + weights + the largest of: loading, a training
                                       step, an evaluation step
            ─▶ seconds_per_epoch       FLOPs / a measured matmul rate (rough)
@@ -59,10 +60,11 @@ class Memory:
 
 def memory(*, baseline_mb: float, weight_bytes: int, trainable_bytes: int, activation_bytes: int,
            logits_numel: int, eval_logits_numel: int, eval_logit_bytes: int,
-           loading_bytes: int) -> Memory:
+           loading_bytes: int, eval_other_bytes: int = 0) -> Memory:
     """The arithmetic, from counts: trainable_bytes is the trainable parameters' own bytes
     (fp32: 4 per parameter), logits_numel the training batch's output logits, eval_logits_numel
-    and eval_logit_bytes (per element) the largest evaluation batch's."""
+    and eval_logit_bytes (per element) the largest evaluation batch's, eval_other_bytes what else
+    its forward returns (a decoder's key/value cache)."""
     trainable = trainable_bytes // 4 if trainable_bytes else 0  # parameters (trained in fp32)
     return Memory(
         baseline=baseline_mb,
@@ -72,7 +74,8 @@ def memory(*, baseline_mb: float, weight_bytes: int, trainable_bytes: int, activ
         activations=activation_bytes / MB,
         logits_backward=logits_numel * 4 * LOGIT_GRAD_BUFFERS / MB,
         evaluation=eval_logits_numel * (eval_logit_bytes + (FP32 if eval_logit_bytes != FP32 else 0)
-                                        + FP32) / MB,  # logits, fp32 copy, log_softmax
+                                        + FP32) / MB  # logits, fp32 copy, log_softmax
+        + eval_other_bytes / MB,
         loading=loading_bytes / MB,
     )
 

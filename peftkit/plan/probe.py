@@ -2,16 +2,19 @@
 and the activations of one forward pass through a 1- and a 2-layer copy with random weights.
 
 Both go through the run's own code: the task's Auto class, the recipe's Strategy.apply, the
-run's collator (packed where `run` packs) and its precision. Activations are counted without the
-parameters themselves, in two ways: the tensors autograd saves for backward
+run's collator (packed where `run` packs), its training loss (a causal LM's output layer on the
+completion positions only) and its precision. Activations are counted without the parameters
+themselves, in two ways: the tensors autograd saves for backward
 (torch.autograd.graph.saved_tensors_hooks, once per storage: what a GPU's max_memory_allocated
-holds), and the bytes of every tensor the forward pass allocates (a dispatch mode). On CPU a
-step's resident memory follows the latter: glibc keeps freed chunks below its mmap threshold
-(at most 32 MB) inside the process, and backward's gradients land beside them (measured on
-SmolLM2-135M, LoRA, 8 x 113 tokens: 1,253 MB saved, 1,842 MB more resident after the forward
-pass, 2,325 MB at the step's peak). So whatever a strategy or an architecture keeps (DoRA's
-norms, bf16 copies of frozen weights under autocast, dropout masks, attention probabilities) is
-measured rather than assumed. Layers are alike, so N layers = 1 layer + (N - 1) x the second.
+holds), and the bytes each layer's forward allocates (a dispatch mode). On CPU a step's resident
+peak is the saved tensors plus about two layers' allocations: when backward starts every saved
+tensor is alive, and the gradients of one layer's activations are computed beside the chunks the
+layer before freed (glibc keeps chunks below its mmap threshold, at most 32 MB, in the process).
+Measured (benchmarks/RESULTS.md#plan): SmolLM2-135M LoRA, 8 x 113 tokens: 1,122 MB saved, 80 MB
+a layer, 1,489 MB at the step's peak over weights and baseline. So whatever a strategy or an
+architecture keeps (DoRA's norms, bf16 copies of frozen weights under autocast, dropout masks,
+attention probabilities) is measured rather than assumed. Layers are alike, so N layers =
+1 layer + (N - 1) x the second.
 """
 
 from __future__ import annotations
@@ -151,9 +154,10 @@ def with_layers(config, n: int):
 class Forward:
     saved_bytes: int        # tensors saved for backward, parameters excluded
     allocated_bytes: int    # every tensor the forward pass allocated (saved or not)
-    logits_numel: int
+    logits_numel: int       # the most output logits the training loss holds at once
     logits_bytes: int       # per element
     logits_last: int        # the output head's width (classes, vocabulary)
+    layer_bytes: int = 0    # what one layer's forward allocates (2-layer copy minus 1-layer)
 
 
 def activations(parts, config, dtype, features: list[dict], precision: str) -> tuple[Forward, Forward]:
@@ -166,7 +170,8 @@ def activations(parts, config, dtype, features: list[dict], precision: str) -> t
         return a + (layers - 1) * max(0, b - a)
 
     full = dataclasses.replace(one, saved_bytes=deep(one.saved_bytes, two.saved_bytes),
-                               allocated_bytes=deep(one.allocated_bytes, two.allocated_bytes))
+                               allocated_bytes=deep(one.allocated_bytes, two.allocated_bytes),
+                               layer_bytes=max(0, two.allocated_bytes - one.allocated_bytes))
     return full, one
 
 
@@ -174,21 +179,115 @@ def forward(parts, config, dtype, features, precision: str) -> Forward:
     import torch
     from transformers import set_seed
 
+    from peftkit.train import training_loss_of
+
     set_seed(parts.recipe.train.seed)
     model = apply_strategy(parts, build(parts, config, dtype, "cpu"))
     model.train()
     batch = collate(parts, model, features)
+    loss = training_loss_of(parts.recipe, parts.task)
+    if loss is not None:  # it checks the model on its first batch (logits_are_plain): not counted
+        with torch.no_grad():
+            train_forward(model, first_row(batch), loss)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     saved, allocated = Storages(params), Storages(params)
+    head = HeadOutputs(model)
     try:
         with torch.autograd.graph.saved_tensors_hooks(saved.add, saved.get), \
                 Allocations(allocated), autocast(precision):
-            out = train_forward(model, batch)
-        logits = out["logits"] if isinstance(out, dict) else out[0]
-        return Forward(saved.bytes, allocated.bytes, logits.numel(), logits.element_size(),
-                       logits.shape[-1])
+            out = train_forward(model, batch, loss)
+        return Forward(saved.bytes, allocated.bytes, *head.logits(out))
     finally:
         saved.release()
+        head.remove()
+
+
+@dataclasses.dataclass
+class EvalRow:
+    """One evaluation row's forward (eval mode, no gradients), scaled to the full depth."""
+    logits_numel: int
+    other_bytes: int        # what else the model returns: its key/value cache, hidden states
+
+
+def eval_row(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
+    """The forward of one row as wide as the largest evaluation batch (its longest example)."""
+    one = eval_forward(parts, with_layers(config, 1), dtype, feature, precision)
+    two = eval_forward(parts, with_layers(config, 2), dtype, feature, precision)
+    _, layers = num_layers(config)
+    return EvalRow(one.logits_numel, one.other_bytes + (layers - 1) * max(0, two.other_bytes - one.other_bytes))
+
+
+def eval_forward(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
+    import torch
+
+    model = apply_strategy(parts, build(parts, config, dtype, "cpu"))
+    model.eval()
+    batch = parts.task.collator(parts.tokenizer)([feature])
+    with torch.no_grad(), autocast(precision):
+        out = model(**batch)
+    logits = out["logits"]
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    other = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
+             for key, value in out.items() if key not in ("loss", "logits")
+             for t in tensors_in(value) if t.untyped_storage().data_ptr() not in params}
+    return EvalRow(logits.numel(), sum(other.values()))
+
+
+def tensors_in(value, depth: int = 4) -> list:
+    """The tensors inside a model output's value: tuples, lists, dicts and objects such as a
+    transformers Cache (layers of keys and values), a few levels deep."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if depth == 0 or value is None or isinstance(value, (str, int, float, bool)):
+        return []
+    if isinstance(value, dict):
+        items = value.values()
+    elif isinstance(value, (list, tuple)):
+        items = value
+    else:
+        items = vars(value).values() if hasattr(value, "__dict__") else ()
+    return [t for item in items for t in tensors_in(item, depth - 1)]
+
+
+def first_row(batch: dict) -> dict:
+    import torch
+
+    return {k: v[:1] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in batch.items()}
+
+
+class HeadOutputs:
+    """What the output layer (a causal LM's vocabulary projection) returns during the probe: the
+    model's forward calls it on every position or, under the task's loss (tasks/completion_loss.py),
+    bypassed (hidden states out) and then for real on the labelled positions, chunk by chunk."""
+
+    def __init__(self, model):
+        get = getattr(model, "get_output_embeddings", None)
+        self.head = get() if get else None
+        self.shapes: list[tuple[tuple, int]] = []
+        self.handle = self.head.register_forward_hook(self.hook) if self.head is not None else None
+
+    def hook(self, module, args, output):
+        self.shapes.append((tuple(output.shape), output.element_size()))
+
+    def remove(self) -> None:
+        if self.handle is not None:
+            self.handle.remove()
+
+    def logits(self, out) -> tuple[int, int, int]:
+        """(logits the loss holds at once, bytes per element, the head's width)."""
+        import math
+
+        from peftkit.tasks.completion_loss import vocab_size
+
+        if not self.shapes:  # no output embeddings (classifiers): the model's logits
+            logits = out["logits"] if isinstance(out, dict) else out[0]
+            return logits.numel(), logits.element_size(), logits.shape[-1]
+        vocab = vocab_size(self.head)  # the bypassed calls return hidden states: other widths
+        numel, size = max(((math.prod(shape), size) for shape, size in self.shapes if shape[-1] == vocab),
+                          default=(0, 4))
+        return numel, size, vocab
 
 
 class Storages:
@@ -253,11 +352,15 @@ def collate(parts, model, features):
     return parts.task.collator(parts.tokenizer)(features)
 
 
-def train_forward(model, batch: dict):
-    """The training forward: a sequence-classification packed batch gathers its examples' rows."""
+def train_forward(model, batch: dict, loss=None):
+    """The training forward: a sequence-classification packed batch gathers its examples' rows;
+    the task's own loss (train.training_loss_of) stands in for the model's as in the Trainer."""
     from peftkit.pooled_packing import STARTS, forward_packed
+    from peftkit.train import TaskLossModel
 
-    return forward_packed(model, batch) if STARTS in batch else model(**batch)
+    if STARTS in batch:
+        return forward_packed(model, batch)
+    return TaskLossModel(model, model, loss)(**batch) if loss is not None else model(**batch)
 
 
 def autocast(precision: str):
