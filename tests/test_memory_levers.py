@@ -39,3 +39,31 @@ def test_full_fine_tuning_trains_with_8bit_adamw(tiny_bert_dir, tmp_path):
     # matrices are smaller, and the Trainer keeps embeddings in 32 bits)
     assert issubclass(kind, bnb.optim.optimizer.Optimizer2State) and kind.__module__.startswith("bitsandbytes")
     assert {"state1", "state2"} <= state_keys
+
+
+def test_freed_memory_is_given_back_before_every_evaluation(tiny_bert_dir, tmp_path, monkeypatch):
+    """A causal LM's evaluation maps its logits on top of whatever heap the training steps left
+    (peftkit/freed_memory.py): the heap is trimmed before training and before each evaluation."""
+    from transformers import TrainerCallback
+
+    from peftkit import freed_memory
+    from peftkit.pipeline import run_recipe
+
+    freed_memory.release_freed_memory()  # the real call works on this platform
+    events = []
+    monkeypatch.setattr(freed_memory, "release_freed_memory", lambda: events.append("release"))
+
+    class Evaluations(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            events.append("train")
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            events.append("evaluate")
+
+    recipe = build_recipe(tiny_ner_recipe(tiny_bert_dir, tmp_path / "run", max_steps=4, eval_every="steps",
+                                          eval_steps=2))
+    run_recipe(recipe, callbacks=(Evaluations(),))
+    evaluations = [i for i, e in enumerate(events) if e == "evaluate"]
+    assert len(evaluations) >= 3  # steps 2 and 4, then test
+    assert all(events[i - 1] == "release" for i in evaluations)
+    assert events[events.index("train") + 1] == "release"
