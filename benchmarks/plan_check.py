@@ -37,8 +37,14 @@ CASES = {  # name: (recipe, overrides)
     "dora_ner": ("recipes/dora_ner.yaml", ENCODER),
     "prefix_ner": ("recipes/prefix_ner.yaml", ENCODER),
     "sst2_lora": ("recipes/sst2/lora.yaml", [*ENCODER, "data.max_train_samples=2000"]),
-    "conll_adapter_8bit": ("recipes/conll2003/adapter.yaml",
+    "conll_adapter_8bit": ("recipes/conll2003/adapter_pfeiffer.yaml",
                            [*ENCODER, "model.quantization=8bit", "data.max_train_samples=2000"]),
+    # variants the rule was not calibrated on (2026-12-05, night)
+    "conll_adapter": ("recipes/conll2003/adapter_pfeiffer.yaml", [*ENCODER, "data.max_train_samples=2000"]),
+    "lora_gen_checkpointing": ("recipes/lora_gen.yaml", [*DECODER, "train.gradient_checkpointing=true"]),
+    "lora_gen_batch4": ("recipes/lora_gen.yaml", [*DECODER, "train.batch_size=4", "train.eval_batch_size=8"]),
+    "sst2_full": ("recipes/sst2/full.yaml", [*ENCODER, "data.max_train_samples=2000"]),
+    "lora_sentiment": ("recipes/lora_sentiment.yaml", ENCODER),
 }
 
 
