@@ -214,7 +214,8 @@ def eval_row(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
     one = eval_forward(parts, with_layers(config, 1), dtype, feature, precision)
     two = eval_forward(parts, with_layers(config, 2), dtype, feature, precision)
     _, layers = num_layers(config)
-    return EvalRow(one.logits_numel, one.other_bytes + (layers - 1) * max(0, two.other_bytes - one.other_bytes))
+    per_layer = max(0, two.other_bytes - one.other_bytes)
+    return EvalRow(one.logits_numel, one.other_bytes + (layers - 1) * per_layer)
 
 
 def eval_forward(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
