@@ -24,6 +24,8 @@ from peftkit.plan.memory import MB, Memory, Plan, memory
 
 __all__ = ["Memory", "Plan", "make_plan", "memory", "summary_lines"]
 
+CPU_LAYERS_IN_BACKWARD = 2  # on CPU, beside the saved tensors: probe.py says why
+
 
 def make_plan(parts) -> Plan:
     """The plan of the run `parts` was built for (pipeline.build)."""
@@ -68,9 +70,6 @@ def make_plan(parts) -> Plan:
                 parts.precision, available_mb(baseline), [])
     plan.advice = advice(plan, recipe)
     return plan
-
-
-CPU_LAYERS_IN_BACKWARD = 2  # on CPU, beside the saved tensors: probe.py says why
 
 
 # what `run` imports to train (about 85 MB resident here: benchmarks/RESULTS.md#plan)

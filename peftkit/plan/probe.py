@@ -179,6 +179,7 @@ def forward(parts, config, dtype, features, precision: str) -> Forward:
     import torch
     from transformers import set_seed
 
+    from peftkit.tasks.completion_loss import first_row
     from peftkit.train import training_loss_of
 
     set_seed(parts.recipe.train.seed)
@@ -250,12 +251,6 @@ def tensors_in(value, depth: int = 4) -> list:
     else:
         items = vars(value).values() if hasattr(value, "__dict__") else ()
     return [t for item in items for t in tensors_in(item, depth - 1)]
-
-
-def first_row(batch: dict) -> dict:
-    import torch
-
-    return {k: v[:1] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in batch.items()}
 
 
 class HeadOutputs:

@@ -105,12 +105,19 @@ class CompletionLoss:
         return total / torch.as_tensor(denominator, device=total.device)
 
 
+def first_row(inputs: dict) -> dict:
+    """The batch's first row (tensors sliced, other values as they are)."""
+    import torch
+
+    return {k: v[:1] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in inputs.items()}
+
+
 def logits_are_plain(model, head, inputs: dict) -> bool:
     """True when the model's logits equal head(hidden states) on the batch's first row (eval mode:
     dropout would make the two forwards differ; no gradients)."""
     import torch
 
-    row = {k: v[:1] if torch.is_tensor(v) and v.dim() > 0 else v for k, v in inputs.items()}
+    row = first_row(inputs)
     was_training = model.training
     model.eval()
     try:
