@@ -45,6 +45,9 @@ CASES = {  # name: (recipe, overrides)
     "lora_gen_batch4": ("recipes/lora_gen.yaml", [*DECODER, "train.batch_size=4", "train.eval_batch_size=8"]),
     "sst2_full": ("recipes/sst2/full.yaml", [*ENCODER, "data.max_train_samples=2000"]),
     "lora_sentiment": ("recipes/lora_sentiment.yaml", ENCODER),
+    # evaluation-bound: a training batch of 4 beside evaluation batches of 64 x 128 (2026-12-06)
+    "conll_lora_batch4": ("recipes/conll2003/lora_all_linear.yaml",
+                          [*ENCODER, "data.max_train_samples=2000", "train.batch_size=4"]),
 }
 
 

@@ -139,6 +139,32 @@ def test_pruning_stops_a_hopeless_trial(tiny_bert_dir, tmp_path):
     assert not (tmp_path / "trials" / "lora" / "trial-001" / "result.json").exists()
 
 
+@pytest.mark.parametrize("eval_every,values", [("no", 1), ("epoch", 4)])
+def test_a_recipe_without_evaluations_during_training_is_scored_at_the_reports_only(
+        eval_every, values, tiny_bert_dir, tmp_path):
+    """A trial needs validation scores for the pruner: where the recipe evaluates every epoch
+    they are reported too (3 epochs + the report at the middle step), where it asks for none the
+    trial evaluates at the reports only, not once an epoch."""
+    from peftkit.bench.tune import objective
+
+    base = tiny_ner_recipe(tiny_bert_dir, Path("unused"), epochs=3, batch_size=8, eval_every=eval_every)
+    base["data"]["max_train_samples"] = 32  # 4 steps an epoch unpacked; packing makes fewer
+    del base["output"]
+    path = tmp_path / "suite.yaml"
+    path.write_text(yaml.safe_dump({"name": "tiny", "base": base, "tune": {"trials": 1, "seeds": 1},
+                                    "variants": [{"name": "lora", "strategy": {"name": "lora", "r": 4}}]}))
+    suite = load_suite(path, tune=True)
+    spec = TuneSpec(trials=1, seeds=[1], reports=2, startup_trials=1, lr_range=[1e-3, 2e-3])
+    study = optuna.create_study(direction="maximize")
+    study.optimize(objective(optuna, "lora", suite.variants[0], spec, tmp_path), n_trials=1)
+    trial = study.trials[0]
+    state = json.loads((tmp_path / "trials" / "lora" / "trial-000" / "result.json").read_text())
+    assert trial.state.name == "COMPLETE" and state["train_steps"] >= 6
+    steps = state["train_steps"]
+    reports = [s for s in trial.intermediate_values if s % -(-steps // 2) == 0 and s < steps]
+    assert len(reports) == 1 and len(trial.intermediate_values) == values
+
+
 def test_confidence_interval_and_not_distinguishable_rows():
     # hand computation: mean 0.74, sd 0.04, t(0.975, 2) = 4.302653, 4.302653 * 0.04 / sqrt(3)
     assert stats.ci95([0.70, 0.74, 0.78]) == pytest.approx(0.0993655, abs=1e-6)

@@ -213,11 +213,12 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
         folder = out / "trials" / group / f"trial-{trial.number:03d}"
         from peftkit import pipeline  # looked up at call time, so tests can stand in for it
 
+        reporter = report_to_study(optuna, trial, metric, spec.reports,
+                                   only_reports=template.recipe.train.eval_every == "no")
         start = time.monotonic()
         try:
             result = pipeline.run_recipe(trial_recipe(template.recipe, params), run_dir=folder,
-                                         overwrite=True,
-                                         callbacks=[report_to_study(optuna, trial, metric, spec.reports)])
+                                         overwrite=True, callbacks=[reporter])
         except optuna.TrialPruned:
             raise
         except Exception as exc:
@@ -257,9 +258,12 @@ def trial_data(recipe):
     return data
 
 
-def report_to_study(optuna, trial, metric: str, reports: int):
+def report_to_study(optuna, trial, metric: str, reports: int, only_reports: bool = False):
     """A TrainerCallback: `reports` validation scores per trial to Optuna; a hopeless trial
-    (the pruner says so) stops training by raising TrialPruned."""
+    (the pruner says so) stops training by raising TrialPruned. only_reports: the recipe asked
+    for no evaluation during training (trial_recipe evaluates every epoch for it), so the epochs'
+    evaluations are skipped but for the reports' (a trial's score is its final evaluation; on a
+    small set stretched to min_steps, an evaluation every epoch was 19 a trial)."""
     from transformers import TrainerCallback
 
     class ReportToStudy(TrainerCallback):
@@ -269,10 +273,17 @@ def report_to_study(optuna, trial, metric: str, reports: int):
         def on_train_begin(self, args, state, control, **kwargs):
             self.every = max(1, -(-state.max_steps // max(1, reports)))  # ceil: `reports` in all
 
+        def reports_at(self, state) -> bool:
+            # the last step is scored by the trial's final evaluation
+            return state.global_step % self.every == 0 and state.global_step < state.max_steps
+
         def on_step_end(self, args, state, control, **kwargs):
-            # the last step is evaluated by the epoch's own evaluation (eval_every)
-            if state.global_step % self.every == 0 and state.global_step < state.max_steps:
+            if self.reports_at(state):
                 control.should_evaluate = True
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if only_reports and not self.reports_at(state):  # after the flow callback's "epoch"
+                control.should_evaluate = False
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             value = (metrics or {}).get(f"eval_{metric}")
