@@ -37,7 +37,6 @@ def main() -> None:
     sys.path.insert(0, str(HERE))
     import plan_check
     import torch
-    from transformers import DataCollatorForTokenClassification, DataCollatorWithPadding
 
     from peftkit import pipeline
     from peftkit.freed_memory import release_freed_memory
@@ -51,11 +50,8 @@ def main() -> None:
     built = rss_mb()
     print(f"model built: RSS {built:,.0f} MB, peak so far {peak_mb():,.0f} MB")
     test = parts.encoded["test"]
-    columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in test.column_names]
-    rows = [{c: test[i][c] for c in columns} for i in range(len(test))]
-    token_level = isinstance(rows[0].get("labels"), list)
-    collate = (DataCollatorForTokenClassification if token_level else DataCollatorWithPadding)(
-        parts.tokenizer, pad_to_multiple_of=8)
+    rows = [test[i] for i in range(len(test))]
+    collate = parts.task.collator(parts.tokenizer, pad_to_multiple_of=8)  # the run's own
     start = time.perf_counter()
     for n in range(args.passes):
         for b in range(0, len(rows), args.batch):
