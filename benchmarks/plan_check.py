@@ -48,6 +48,11 @@ CASES = {  # name: (recipe, overrides)
     # evaluation-bound: a training batch of 4 beside evaluation batches of 64 x 128 (2026-12-06)
     "conll_lora_batch4": ("recipes/conll2003/lora_all_linear.yaml",
                           [*ENCODER, "data.max_train_samples=2000", "train.batch_size=4"]),
+    # variants chosen after the evaluation working-memory rule (2026-12-06, second session)
+    "conll_lora_8bit_batch4": ("recipes/conll2003/lora.yaml", [*ENCODER, "model.quantization=8bit",
+                               "data.max_train_samples=2000", "train.batch_size=4"]),
+    "conll_full_batch4": ("recipes/conll2003/full.yaml",
+                          [*ENCODER, "data.max_train_samples=2000", "train.batch_size=4"]),
 }
 
 

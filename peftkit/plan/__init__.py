@@ -7,7 +7,9 @@ epoch of a recipe, without loading its weights.
         probe.activations  a forward pass of a 1- and 2-layer random copy on that batch, with
                            the run's own training loss (a causal LM's: completion logits only)
         probe.eval_row     an evaluation forward of one row as wide as the largest evaluation
-                           batch: its logits and what else the model returns (key/value cache)
+                           batch: its logits and what else the model returns (key/value cache),
+                           and what the layers hold at once for the whole batch (working.py:
+                           the allocator's events, bitsandbytes' 8-bit matmul included)
         memory.memory      the arithmetic (memory.py): weights, gradients, AdamW, activations,
                            logits, evaluation, loading, over this process's baseline
         timing             FLOPs / a measured matmul rate (rough)
@@ -25,6 +27,9 @@ from peftkit.plan.memory import MB, Memory, Plan, memory
 __all__ = ["Memory", "Plan", "make_plan", "memory", "summary_lines"]
 
 CPU_LAYERS_IN_BACKWARD = 2  # on CPU, beside the saved tensors: probe.py says why
+# On CPU an evaluation raises the resident peak by about twice what its layers hold at once: the
+# chunks of the tensors that die stay in glibc's heap, fragmented (benchmarks/RESULTS.md#plan)
+CPU_EVAL_HEAP = 2
 
 
 def make_plan(parts) -> Plan:
@@ -53,11 +58,12 @@ def make_plan(parts) -> Plan:
         saved = checkpointed(saved, fwd, config, big)
     ev, split = largest_eval(parts, recipe)
     longest = max(ev.indices, key=lambda i: len(parts.encoded[split][i]["input_ids"]))
-    row = probe.eval_row(parts, config, dtype, parts.encoded[split][longest], parts.precision)
+    row = probe.eval_row(parts, config, dtype, parts.encoded[split][longest], parts.precision, ev.rows)
     mem = memory(baseline_mb=baseline, weight_bytes=counts.weight_bytes,
                  trainable_bytes=counts.trainable_bytes, activation_bytes=saved,
                  logits_numel=fwd.logits_numel, eval_logits_numel=ev.rows * row.logits_numel,
                  eval_logit_bytes=fwd.logits_bytes, eval_other_bytes=ev.rows * row.other_bytes,
+                 eval_working_bytes=row.working_bytes * (1 if on_gpu() else CPU_EVAL_HEAP),
                  loading_bytes=loading_bytes(parts, counts, gguf))
     _, layers = probe.num_layers(config)
     hidden = getattr(config, "hidden_size", 0) or 0

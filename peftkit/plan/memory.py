@@ -6,7 +6,8 @@
                                       evaluation batch, from the encoded lengths
            ─▶ probe.activations       saved tensors of one forward pass through a 1- and a
                                       2-layer copy (random weights) on that batch, scaled to N
-           ─▶ probe.eval_row          one evaluation row: logits, key/value cache, x rows
+           ─▶ probe.eval_row          one evaluation row: logits, key/value cache, x rows;
+                                      the layers' working memory (working.py)
            ─▶ Memory.peak             baseline + weights + the largest of: loading, a training
                                       step, an evaluation step
            ─▶ seconds_per_epoch       FLOPs / a measured matmul rate (rough)
@@ -37,7 +38,8 @@ class Memory:
     optimizer: float       # AdamW's two states per trainable parameter
     activations: float     # saved for backward at the largest training batch
     logits_backward: float  # gradient buffers of the output logits (vocabulary-sized for an LM)
-    evaluation: float      # the largest evaluation batch: logits and the loss's fp32 copies
+    evaluation: float      # the largest evaluation batch: logits and the loss's fp32 copies, or
+                           # what its layers hold at once (the larger), + what the model returns
     loading: float         # while loading: what is read beside the built model
 
     @property
@@ -60,11 +62,13 @@ class Memory:
 
 def memory(*, baseline_mb: float, weight_bytes: int, trainable_bytes: int, activation_bytes: int,
            logits_numel: int, eval_logits_numel: int, eval_logit_bytes: int,
-           loading_bytes: int, eval_other_bytes: int = 0) -> Memory:
+           loading_bytes: int, eval_other_bytes: int = 0, eval_working_bytes: int = 0) -> Memory:
     """The arithmetic, from counts: trainable_bytes is the trainable parameters' own bytes
     (fp32: 4 per parameter), logits_numel the training batch's output logits, eval_logits_numel
     and eval_logit_bytes (per element) the largest evaluation batch's, eval_other_bytes what else
-    its forward returns (a decoder's key/value cache)."""
+    its forward returns (a decoder's key/value cache), eval_working_bytes what its layers hold
+    while they run. The layers' memory is free again before the logits exist, so an evaluation
+    takes the larger of the two."""
     trainable = trainable_bytes // 4 if trainable_bytes else 0  # parameters (trained in fp32)
     return Memory(
         baseline=baseline_mb,
@@ -73,9 +77,9 @@ def memory(*, baseline_mb: float, weight_bytes: int, trainable_bytes: int, activ
         optimizer=trainable * ADAM_BYTES / MB,
         activations=activation_bytes / MB,
         logits_backward=logits_numel * 4 * LOGIT_GRAD_BUFFERS / MB,
-        evaluation=eval_logits_numel * (eval_logit_bytes + (FP32 if eval_logit_bytes != FP32 else 0)
-                                        + FP32) / MB  # logits, fp32 copy, log_softmax
-        + eval_other_bytes / MB,
+        evaluation=max(eval_logits_numel * (eval_logit_bytes + (FP32 if eval_logit_bytes != FP32 else 0)
+                                            + FP32),  # logits, fp32 copy, log_softmax
+                       eval_working_bytes) / MB + eval_other_bytes / MB,
         loading=loading_bytes / MB,
     )
 

@@ -208,31 +208,43 @@ class EvalRow:
     """One evaluation row's forward (eval mode, no gradients), scaled to the full depth."""
     logits_numel: int
     other_bytes: int        # what else the model returns: its key/value cache, hidden states
+    working_bytes: int = 0  # what the layers hold at once for the whole batch (working.py)
 
 
-def eval_row(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
-    """The forward of one row as wide as the largest evaluation batch (its longest example)."""
-    one = eval_forward(parts, with_layers(config, 1), dtype, feature, precision)
+def eval_row(parts, config, dtype, feature: dict, precision: str, rows: int = 1) -> EvalRow:
+    """The forward of one row as wide as the largest evaluation batch (its longest example), and
+    the layers' working memory for `rows` such rows. That does not grow with depth (each layer's
+    temporaries die before the next runs), so it comes from the 1-layer copy."""
+    one = eval_forward(parts, with_layers(config, 1), dtype, feature, precision, rows)
     two = eval_forward(parts, with_layers(config, 2), dtype, feature, precision)
     _, layers = num_layers(config)
     per_layer = max(0, two.other_bytes - one.other_bytes)
-    return EvalRow(one.logits_numel, one.other_bytes + (layers - 1) * per_layer)
+    return dataclasses.replace(one, other_bytes=one.other_bytes + (layers - 1) * per_layer)
 
 
-def eval_forward(parts, config, dtype, feature: dict, precision: str) -> EvalRow:
+def eval_forward(parts, config, dtype, feature: dict, precision: str, rows: int = 0) -> EvalRow:
+    """One row's forward; with `rows`, also the working memory of that many (working.py)."""
     import torch
 
-    model = apply_strategy(parts, build(parts, config, dtype, "cpu"))
+    from peftkit.plan.working import quantize_int8, working_bytes
+
+    model = build(parts, config, dtype, "cpu")
+    if rows and parts.recipe.model.quantization == "8bit" and not torch.cuda.is_available():
+        # bitsandbytes' CPU matmul makes its own copies of each input and output (quantized,
+        # int32, de-quantized): the 8-bit layers themselves, not the fp32 ones, are measured
+        model = quantize_int8(model, parts.task) or model
+    model = apply_strategy(parts, model)
     model.eval()
-    batch = parts.task.collator(parts.tokenizer)([feature])
+    collate = parts.task.collator(parts.tokenizer)
     with torch.no_grad(), autocast(precision):
-        out = model(**batch)
+        out = model(**collate([feature]))
+        working = working_bytes(model, lambda n: collate([feature] * n), rows) if rows else 0
     logits = out["logits"]
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     other = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes()
              for key, value in out.items() if key not in ("loss", "logits")
              for t in tensors_in(value) if t.untyped_storage().data_ptr() not in params}
-    return EvalRow(logits.numel(), sum(other.values()))
+    return EvalRow(logits.numel(), sum(other.values()), working)
 
 
 def tensors_in(value, depth: int = 4) -> list:

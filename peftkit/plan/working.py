@@ -1,0 +1,138 @@
+"""What an evaluation forward holds at once: the allocator's live bytes, measured.
+
+An evaluation runs without gradients, so nothing is saved and each layer's temporaries die before
+the next layer runs; its memory is the most the layers hold at one moment (attention scores, the
+feed-forward's intermediate, a LoRA branch's output beside the base's, ...), not what they
+allocate in total. A dispatch mode cannot see inside custom ops (bitsandbytes' int8 matmul casts,
+quantizes and de-quantizes there), so the count comes from the profiler's allocator events, whose
+`total_allocated` is the live total after each allocation and free.
+
+The output head is left out: a causal LM's logits (and the loss's fp32 copies) are counted by the
+plan's logits term (memory.py), and on CPU they are large enough to live outside the heap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+
+HEAD_MARK = "peftkit.plan.head"
+
+
+def working_bytes(model, batch_of, rows: int) -> int:
+    """Peak bytes an evaluation forward of `rows` rows holds beyond what existed before it, up to
+    the output head; `batch_of(n)` collates n rows. Measured at one row and at two, each
+    allocation and free extrapolated to `rows` (where the peak falls can move with the rows); if
+    the two forwards allocate differently, their peaks are extrapolated instead."""
+    one, two = allocations(model, batch_of(1)), allocations(model, batch_of(2))
+    if len(one) != len(two):
+        return max(0, peak(one) + (rows - 1) * (peak(two) - peak(one)))
+    return peak([a + (rows - 1) * (b - a) for a, b in zip(one, two)])
+
+
+def peak(sizes: list[int]) -> int:
+    live = top = 0
+    for size in sizes:
+        live += size
+        top = max(top, live)
+    return top
+
+
+def allocations(model, batch: dict) -> list[int]:
+    """Signed sizes of the allocations (+) and frees (-) of `model(**batch)`, in order, up to
+    its output head."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    prof, mark = profile(activities=[ProfilerActivity.CPU], profile_memory=True), HeadMark(model)
+    try:
+        with quiet_stderr():
+            prof.__enter__()
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        with quiet_stderr():
+            prof.__exit__(None, None, None)
+        mark.remove()
+    return before_head(prof.profiler.kineto_results.experimental_event_tree())
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """kineto writes a line to the process's stderr at each profiler start and stop on CPU (its
+    KINETO_LOG_LEVEL is read once, when torch loads it): not for `run`'s output."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+def before_head(roots) -> list[int]:
+    from torch._C._profiler import _EventType
+
+    found, head_start = [], None
+    stack = list(roots)
+    while stack:
+        event = stack.pop()
+        if event.tag == _EventType.Allocation:
+            found.append((event.start_time_ns, event.extra_fields.alloc_size))
+        elif event.name == HEAD_MARK and (head_start is None or event.start_time_ns < head_start):
+            head_start = event.start_time_ns
+        stack.extend(event.children)
+    return [size for t, size in sorted(found) if head_start is None or t < head_start]
+
+
+class HeadMark:
+    """A profiler range around the output head's forward (a causal LM's vocabulary projection),
+    so that its allocations can be told from the layers'."""
+
+    def __init__(self, model):
+        from torch.autograd.profiler import record_function
+
+        get = getattr(model, "get_output_embeddings", None)
+        head = get() if get else None
+        self.ranges, self.handles = [], []
+        if head is not None:
+            def enter(module, args):
+                self.ranges.append(record_function(HEAD_MARK))
+                self.ranges[-1].__enter__()
+
+            def leave(module, args, output):
+                self.ranges.pop().__exit__(None, None, None)
+
+            self.handles = [head.register_forward_pre_hook(enter), head.register_forward_hook(leave)]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+
+
+def quantize_int8(model, task):
+    """The Linear layers `run` loads in 8-bit (models.load_model with quantization.bnb_config),
+    swapped for bitsandbytes' Linear8bitLt with the same weights, so that an evaluation forward
+    runs bitsandbytes' own matmul; None if bitsandbytes cannot be used here."""
+    import torch
+
+    from peftkit.quantization import check_backend, skip_modules
+
+    try:
+        check_backend("8bit")
+        import bitsandbytes as bnb
+    except Exception:  # noqa: BLE001 - the run itself reports why; the plan counts fp32 then
+        return None
+    skip = skip_modules(task)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            full = f"{name}.{child_name}" if name else child_name
+            if isinstance(child, torch.nn.Linear) and not any(s in full for s in skip):
+                layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, child.bias is not None,
+                                            has_fp16_weights=False, threshold=6.0)  # as load_in_8bit
+                layer.load_state_dict(child.state_dict())
+                setattr(module, child_name, layer.to("cpu"))  # .to() quantizes the weight
+    return model
