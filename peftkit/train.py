@@ -155,7 +155,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
             model=model,
             args=args,
             train_dataset=encoded["train"],
-            eval_dataset=encoded["eval"] if recipe.train.eval_every != "no" else None,
+            eval_dataset=encoded["eval"],  # evaluated only when asked (eval_every, a callback)
             data_collator=task.collator(tokenizer, pad_to_multiple_of=pad_multiple),
             processing_class=tokenizer,
             compute_metrics=metrics,

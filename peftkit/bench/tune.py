@@ -213,8 +213,7 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
         folder = out / "trials" / group / f"trial-{trial.number:03d}"
         from peftkit import pipeline  # looked up at call time, so tests can stand in for it
 
-        reporter = report_to_study(optuna, trial, metric, spec.reports,
-                                   only_reports=template.recipe.train.eval_every == "no")
+        reporter = report_to_study(optuna, trial, metric, spec.reports)
         start = time.monotonic()
         try:
             result = pipeline.run_recipe(trial_recipe(template.recipe, params), run_dir=folder,
@@ -237,13 +236,13 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
 
 
 def trial_recipe(recipe, params: dict):
-    """The variant as a trial: the suggested setting, evaluations during training (for the
-    pruner), final metrics on the validation split, no weights saved."""
+    """The variant as a trial: the suggested setting, final metrics on the validation split, no
+    weights saved. Its evaluations during training are the recipe's plus the reports' (the
+    pruner's: report_to_study asks for them)."""
     lr = params["learning_rate"]
     sized = {k: v for k, v in params.items() if k != "learning_rate"}
-    eval_every = "epoch" if recipe.train.eval_every == "no" else recipe.train.eval_every
     return dataclasses.replace(
-        recipe, train=dataclasses.replace(recipe.train, learning_rate=lr, eval_every=eval_every),
+        recipe, train=dataclasses.replace(recipe.train, learning_rate=lr),
         data=trial_data(recipe),
         output=dataclasses.replace(recipe.output, save_model=False),
         strategy=dataclasses.replace(recipe.strategy, **sized))
@@ -258,12 +257,10 @@ def trial_data(recipe):
     return data
 
 
-def report_to_study(optuna, trial, metric: str, reports: int, only_reports: bool = False):
-    """A TrainerCallback: `reports` validation scores per trial to Optuna; a hopeless trial
-    (the pruner says so) stops training by raising TrialPruned. only_reports: the recipe asked
-    for no evaluation during training (trial_recipe evaluates every epoch for it), so the epochs'
-    evaluations are skipped but for the reports' (a trial's score is its final evaluation; on a
-    small set stretched to min_steps, an evaluation every epoch was 19 a trial)."""
+def report_to_study(optuna, trial, metric: str, reports: int):
+    """A TrainerCallback: `reports` validation scores per trial to Optuna (it asks the Trainer
+    for an evaluation at each, whatever the recipe's eval_every); a hopeless trial (the pruner
+    says so) stops training by raising TrialPruned."""
     from transformers import TrainerCallback
 
     class ReportToStudy(TrainerCallback):
@@ -280,10 +277,6 @@ def report_to_study(optuna, trial, metric: str, reports: int, only_reports: bool
         def on_step_end(self, args, state, control, **kwargs):
             if self.reports_at(state):
                 control.should_evaluate = True
-
-        def on_epoch_end(self, args, state, control, **kwargs):
-            if only_reports and not self.reports_at(state):  # after the flow callback's "epoch"
-                control.should_evaluate = False
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             value = (metrics or {}).get(f"eval_{metric}")
