@@ -62,7 +62,8 @@ def describe(plan) -> list[str]:
         ("optimizer", f"{m['optimizer']:,.0f} MB  (AdamW: two fp32 states per trainable parameter)"),
         ("activations", f"{m['activations']:,.0f} MB  (forward pass at the largest batch, {plan.precision})"),
         ("logits backward", f"{m['logits_backward']:,.0f} MB"),
-        ("evaluation", f"{m['evaluation']:,.0f} MB  (largest evaluation batch: logits, loss)"),
+        ("evaluation", f"{m['evaluation']:,.0f} MB  (largest evaluation batch: its logits and loss, "
+                       "or what its layers hold at once)"),
         ("loading", f"{m['loading']:,.0f} MB  (weight file read beside the model)"),
         ("peak", f"{plan.peak_memory_mb:,.0f} MB during {r['peak_phase']}; "
                  f"{plan.available_mb:,.0f} MB available"),

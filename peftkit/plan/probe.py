@@ -24,7 +24,6 @@ import dataclasses
 
 from peftkit.model_facts import LAYERS
 from peftkit.plan.timing import linear_weights
-from peftkit.quantization import skip_modules
 
 INT8_BYTES = 1           # bitsandbytes LLM.int8: one byte per weight ...
 INT8_ROW_SCALE_BYTES = 4  # ... and an fp32 scale per output row (SCB)
@@ -122,15 +121,10 @@ def count(parts, config, dtype) -> tuple[Counts, bool]:
 def quantized_linears(model, task) -> tuple[int, int]:
     """(weights, output rows) of the Linear layers bitsandbytes turns into 8-bit: every Linear
     whose name does not contain a skipped module (the task head, the LM head)."""
-    import torch
+    from peftkit.plan.working import int8_linears
 
-    skip = skip_modules(task)
-    numel = rows = 0
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and not any(s in name for s in skip):
-            numel += module.weight.numel()
-            rows += module.out_features
-    return numel, rows
+    linears = [linear for _, _, linear in int8_linears(model, task)]
+    return sum(linear.weight.numel() for linear in linears), sum(linear.out_features for linear in linears)
 
 
 def num_layers(config) -> tuple[str, int]:

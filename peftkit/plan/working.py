@@ -117,22 +117,29 @@ def quantize_int8(model, task):
     """The Linear layers `run` loads in 8-bit (models.load_model with quantization.bnb_config),
     swapped for bitsandbytes' Linear8bitLt with the same weights, so that an evaluation forward
     runs bitsandbytes' own matmul; None if bitsandbytes cannot be used here."""
+    from peftkit.quantization import probe_cpu
+
+    if probe_cpu("8bit"):  # no usable bitsandbytes here: the run itself says why
+        return None
+    import bitsandbytes as bnb
+
+    for parent, name, linear in int8_linears(model, task):
+        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, linear.bias is not None,
+                                    has_fp16_weights=False, threshold=6.0)  # as load_in_8bit
+        layer.load_state_dict(linear.state_dict())
+        setattr(parent, name, layer.to("cpu"))  # .to() quantizes the weight
+    return model
+
+
+def int8_linears(model, task) -> list:
+    """(parent, attribute, layer) of every Linear bitsandbytes loads in 8-bit: those whose name
+    contains none of the modules left in full precision (the task head, the LM head)."""
     import torch
 
-    from peftkit.quantization import check_backend, skip_modules
+    from peftkit.quantization import skip_modules
 
-    try:
-        check_backend("8bit")
-        import bitsandbytes as bnb
-    except Exception:  # noqa: BLE001 - the run itself reports why; the plan counts fp32 then
-        return None
     skip = skip_modules(task)
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            full = f"{name}.{child_name}" if name else child_name
-            if isinstance(child, torch.nn.Linear) and not any(s in full for s in skip):
-                layer = bnb.nn.Linear8bitLt(child.in_features, child.out_features, child.bias is not None,
-                                            has_fp16_weights=False, threshold=6.0)  # as load_in_8bit
-                layer.load_state_dict(child.state_dict())
-                setattr(module, child_name, layer.to("cpu"))  # .to() quantizes the weight
-    return model
+    return [(parent, name, child) for prefix, parent in model.named_modules()
+            for name, child in parent.named_children()
+            if isinstance(child, torch.nn.Linear)
+            and not any(s in (f"{prefix}.{name}" if prefix else name) for s in skip)]
