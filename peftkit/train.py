@@ -89,6 +89,7 @@ def training_arguments(recipe, output_dir: Path, precision: str, report_to=(),
         save_steps=(t.eval_steps if best_args else t.save_steps) or 500,
         save_total_limit=t.save_total_limit,
         activation_checkpointing=t.gradient_checkpointing,
+        torch_compile=getattr(t, "torch_compile", False),  # recipes saved before it: off
         report_to=list(report_to) or "none",  # the pipeline passes the recipe's (peftkit.tracking)
         remove_unused_columns=False,
         label_names=["labels"],

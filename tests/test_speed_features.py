@@ -228,3 +228,14 @@ def test_a_second_run_on_the_machine_takes_a_share_of_the_cores(tiny_bert_dir, t
     monkeypatch.setattr(env, "other_trainings", lambda: 1)
     result = run_recipe(build_recipe(tiny_ner_recipe(tiny_bert_dir, tmp_path / "run")))
     assert result["threads"] == max(1, env.default_threads() // 2)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_torch_compile_reaches_the_trainer(tiny_bert_dir, tmp_path, compiled):
+    """train.torch_compile is the Trainer's own switch (inductor via accelerate); off by default,
+    since each new batch shape compiles first (benchmarks/compile_speed.py measures what it pays)."""
+    raw = tiny_ner_recipe(tiny_bert_dir, tmp_path)
+    if compiled:
+        raw["train"]["torch_compile"] = True
+    args = train_mod.training_arguments(build_recipe(raw), tmp_path, "fp32")
+    assert args.torch_compile is compiled
