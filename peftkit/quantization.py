@@ -38,6 +38,18 @@ def skip_modules(task) -> list[str]:
     return list(dict.fromkeys([*task.head_names, *OUTPUT_HEADS]))
 
 
+def int8_linears(model, task) -> list:
+    """(parent, attribute, layer) of every Linear bitsandbytes loads in 8-bit: those whose name
+    contains none of the modules left in full precision (the task head, the LM head)."""
+    import torch
+
+    skip = skip_modules(task)
+    return [(parent, name, child) for prefix, parent in model.named_modules()
+            for name, child in parent.named_children()
+            if isinstance(child, torch.nn.Linear)
+            and not any(s in (f"{prefix}.{name}" if prefix else name) for s in skip)]
+
+
 def check_quantizable(recipe, problems: list[str]) -> None:
     """Recipe validation (torch-free): transformers refuses to quantize weights it reads from a
     GGUF file ("You cannot combine Quantization and loading a model from a GGUF file"), and a
@@ -135,8 +147,8 @@ def probe_cpu(mode: str) -> str | None:
         import bitsandbytes as bnb
 
         dense = torch.nn.Linear(16, 16)
-        if mode == "8bit":  # the settings transformers uses for load_in_8bit
-            layer = bnb.nn.Linear8bitLt(16, 16, has_fp16_weights=False, threshold=6.0)
+        if mode == "8bit":
+            layer = int8_layer(16, 16)
         else:
             layer = bnb.nn.Linear4bit(16, 16, compute_dtype=compute_dtype(), quant_type="nf4",
                                       compress_statistics=True)
@@ -153,6 +165,13 @@ def probe_cpu(mode: str) -> str | None:
         first = (str(exc).splitlines() or [""])[0][:200]
         return f"{type(exc).__name__}: {first}"
     return None
+
+
+def int8_layer(in_features: int, out_features: int, bias: bool = True):
+    """bitsandbytes' 8-bit Linear with the settings transformers uses for load_in_8bit."""
+    import bitsandbytes as bnb
+
+    return bnb.nn.Linear8bitLt(in_features, out_features, bias, has_fp16_weights=False, threshold=6.0)
 
 
 def slow_path_note(mode: str) -> str | None:

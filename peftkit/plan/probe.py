@@ -121,7 +121,7 @@ def count(parts, config, dtype) -> tuple[Counts, bool]:
 def quantized_linears(model, task) -> tuple[int, int]:
     """(weights, output rows) of the Linear layers bitsandbytes turns into 8-bit: every Linear
     whose name does not contain a skipped module (the task head, the LM head)."""
-    from peftkit.plan.working import int8_linears
+    from peftkit.quantization import int8_linears
 
     linears = [linear for _, _, linear in int8_linears(model, task)]
     return sum(linear.weight.numel() for linear in linears), sum(linear.out_features for linear in linears)

@@ -4,8 +4,8 @@ An evaluation runs without gradients, so nothing is saved and each layer's tempo
 the next layer runs; its memory is the most the layers hold at one moment (attention scores, the
 feed-forward's intermediate, a LoRA branch's output beside the base's, ...), not what they
 allocate in total. A dispatch mode cannot see inside custom ops (bitsandbytes' int8 matmul casts,
-quantizes and de-quantizes there), so the count comes from the profiler's allocator events, whose
-`total_allocated` is the live total after each allocation and free.
+quantizes and de-quantizes there), so the count comes from the profiler's allocator events
+(`profile_memory`: every allocation and free, with its size, in order).
 
 The output head is left out: a causal LM's logits (and the loss's fp32 copies) are counted by the
 plan's logits term (memory.py), and on CPU they are large enough to live outside the heap.
@@ -63,7 +63,11 @@ def quiet_stderr():
     """kineto writes a line to the process's stderr at each profiler start and stop on CPU (its
     KINETO_LOG_LEVEL is read once, when torch loads it): not for `run`'s output."""
     sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:  # no stderr to quiet
+        yield
+        return
     os.dup2(devnull, 2)
     try:
         yield
@@ -117,29 +121,12 @@ def quantize_int8(model, task):
     """The Linear layers `run` loads in 8-bit (models.load_model with quantization.bnb_config),
     swapped for bitsandbytes' Linear8bitLt with the same weights, so that an evaluation forward
     runs bitsandbytes' own matmul; None if bitsandbytes cannot be used here."""
-    from peftkit.quantization import probe_cpu
+    from peftkit.quantization import int8_layer, int8_linears, probe_cpu
 
     if probe_cpu("8bit"):  # no usable bitsandbytes here: the run itself says why
         return None
-    import bitsandbytes as bnb
-
     for parent, name, linear in int8_linears(model, task):
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, linear.bias is not None,
-                                    has_fp16_weights=False, threshold=6.0)  # as load_in_8bit
+        layer = int8_layer(linear.in_features, linear.out_features, linear.bias is not None)
         layer.load_state_dict(linear.state_dict())
         setattr(parent, name, layer.to("cpu"))  # .to() quantizes the weight
     return model
-
-
-def int8_linears(model, task) -> list:
-    """(parent, attribute, layer) of every Linear bitsandbytes loads in 8-bit: those whose name
-    contains none of the modules left in full precision (the task head, the LM head)."""
-    import torch
-
-    from peftkit.quantization import skip_modules
-
-    skip = skip_modules(task)
-    return [(parent, name, child) for prefix, parent in model.named_modules()
-            for name, child in parent.named_children()
-            if isinstance(child, torch.nn.Linear)
-            and not any(s in (f"{prefix}.{name}" if prefix else name) for s in skip)]
