@@ -143,9 +143,9 @@ class TrainSection:
         None, "stop after N evaluations without a better validation score and restore the best "
         "checkpoint (the task's selection metric; needs eval_every)", min=1)
     gradient_checkpointing: bool = opt(False, "trade compute for memory")
-    torch_compile: bool = opt(False, "torch.compile the model (inductor): each new batch shape "
-                              "compiles first (minutes on CPU), so it pays only on long runs; "
-                              "measured by benchmarks/compile_speed.py (RESULTS.md, throughput)")
+    torch_compile: bool = opt(False, "torch.compile the model (inductor). Measured on CPU: minutes "
+                              "of compiling, then 0.76-0.95x the eager speed, so off by default; "
+                              "for GPUs (unmeasured). benchmarks/compile_speed.py")
     report_to: list[str] = opt([], "the Trainer's logging integrations (tensorboard, mlflow, wandb, ...)",
                                choices=list(REPORTERS))
     num_threads: int | None = opt(None, "CPU threads for torch (null: this process's share of the cores, "
