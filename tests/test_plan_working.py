@@ -34,8 +34,8 @@ def rows_of(width: int):
 
 def test_one_and_two_rows_extrapolate_to_the_measured_batch():
     """An encoder's allocations grow (almost: a few small masks do not) linearly with the rows:
-    the extrapolated peak of 16 rows is the one measured on 16 rows, and it counts what a hand-made forward must hold at once (each
-    of the 4 heads' 24 x 24 fp32 attention scores for every row)."""
+    the extrapolated peak of 16 rows is the one measured on 16 rows, and it counts what a forward
+    must hold at once by hand (each of the 4 heads' 24 x 24 fp32 attention scores, every row)."""
     model, batch_of = tiny_bert(), rows_of(24)
     predicted = working_bytes(model, batch_of, 16)
     assert predicted == pytest.approx(peak(allocations(model, batch_of(16))), rel=0.05)

@@ -265,8 +265,9 @@ class HeadOutputs:
     bypassed (hidden states out) and then for real on the labelled positions, chunk by chunk."""
 
     def __init__(self, model):
-        get = getattr(model, "get_output_embeddings", None)
-        self.head = get() if get else None
+        from peftkit.tasks.completion_loss import output_head
+
+        self.head = output_head(model)
         self.shapes: list[tuple[tuple, int]] = []
         self.handle = self.head.register_forward_hook(self.hook) if self.head is not None else None
 

@@ -99,8 +99,9 @@ class HeadMark:
     def __init__(self, model):
         from torch.autograd.profiler import record_function
 
-        get = getattr(model, "get_output_embeddings", None)
-        head = get() if get else None
+        from peftkit.tasks.completion_loss import output_head
+
+        head = output_head(model)
         self.ranges, self.handles = [], []
         if head is not None:
             def enter(module, args):

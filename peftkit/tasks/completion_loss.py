@@ -53,6 +53,12 @@ def chunk_nll(head, rows, targets):
     return F.cross_entropy(head(rows).float(), targets, reduction="sum")
 
 
+def output_head(model):
+    """The model's vocabulary projection (a causal LM's lm_head), or None (classifiers)."""
+    get = getattr(model, "get_output_embeddings", None)
+    return get() if get else None
+
+
 def vocab_size(head) -> int:
     weight = getattr(head, "weight", None)
     return getattr(head, "out_features", None) or (weight.shape[0] if weight is not None else 1)
@@ -88,7 +94,7 @@ class CompletionLoss:
         self.plain: bool | None = None   # the first batch's check
 
     def __call__(self, model, unwrapped, inputs: dict, labels, num_items_in_batch=None):
-        head = unwrapped.get_output_embeddings() if hasattr(unwrapped, "get_output_embeddings") else None
+        head = output_head(unwrapped)
         if head is None:
             return None
         if self.plain is None:
