@@ -134,6 +134,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
                   callbacks: list, *, report_to=(), find_unused_parameters: bool = False,
                   probe: bool = False):
     from peftkit.callbacks import guard_callbacks  # NaN stop, signals, resume state, data order
+    from peftkit.eval_order import longest_first
     from peftkit.freed_memory import ReleaseFreedMemory
     from peftkit.packing import trainer_class
     from peftkit.quantization import own_adapters_accepted
@@ -144,7 +145,7 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer_cls = with_task_loss(trainer_class(recipe, model, tokenizer.pad_token_id),
+    trainer_cls = with_task_loss(longest_first(trainer_class(recipe, model, tokenizer.pad_token_id)),
                                  training_loss_of(recipe, task))
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
