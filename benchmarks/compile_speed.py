@@ -17,27 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from strategy_speed import run_peftkit, speed_overrides  # this folder: the same timed runs
 
 HERE = Path(__file__).resolve().parent
 RECIPES = HERE.parent / "recipes" / "conll2003"
 
 
 def run(recipe: str, steps: int, compiled: bool, a, out: Path) -> dict:
-    overrides = [f"train.max_steps={steps}", f"data.max_train_samples={a.train_samples}",
-                 "data.max_test_samples=64", "train.eval_every=no", "train.learning_rate=1e-3",
-                 "train.min_steps=null", f"train.torch_compile={str(compiled).lower()}",
-                 f"output.dir={out}", "train.seed=42"]
-    cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(RECIPES / f"{recipe}.yaml"), *overrides]
+    overrides = [*speed_overrides(steps, a.train_samples, out),
+                 f"train.torch_compile={str(compiled).lower()}"]
     # a cache of its own: inductor would otherwise reuse the short run's kernels in the long one
     env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(out / "inductor-cache")}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps; speed still valid
-        raise SystemExit(f"{recipe}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    r = json.loads((out / "result.json").read_text())
+    r = run_peftkit(RECIPES / f"{recipe}.yaml", overrides, out, env)
     losses = [json.loads(line).get("loss") for line in (out / "metrics.jsonl").read_text().splitlines()]
     seconds = r["train_seconds"]
     return {"seconds": seconds, "tokens": r["train_tokens_per_second"] * seconds,

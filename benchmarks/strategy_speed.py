@@ -28,19 +28,30 @@ RECIPES = HERE.parent / "recipes"
 BASELINE = "full"
 
 
+def speed_overrides(steps: int, train_samples: int, out: Path, seed: int = 42) -> list[str]:
+    """A run timed for training speed: a fixed step count on a fixed slice, a fixed learning rate
+    (no `auto` search), no evaluation during training, a small test split."""
+    return [f"train.max_steps={steps}", f"data.max_train_samples={train_samples}",
+            "data.max_test_samples=64", "train.eval_every=no", "train.learning_rate=1e-3",
+            "train.min_steps=null", f"output.dir={out}", f"train.seed={seed}"]
+
+
+def run_peftkit(recipe: Path, overrides: list[str], out: Path, env=None) -> dict:
+    """`peftkit -q run` in its own process; its result.json."""
+    cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(recipe), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps, speed still valid
+        raise SystemExit(f"{recipe.stem}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
+    return json.loads((out / "result.json").read_text())
+
+
 def run_one(recipe: Path, a, out: Path, packing: str = "") -> dict:
-    overrides = [f"train.max_steps={a.steps}", f"data.max_train_samples={a.train_samples}",
-                 "data.max_test_samples=64", "train.eval_every=no", "train.learning_rate=1e-3",
-                 "train.min_steps=null", f"output.dir={out}", f"train.seed={a.seed}"]
+    overrides = speed_overrides(a.steps, a.train_samples, out, a.seed)
     if a.precision:
         overrides.append(f"train.precision={a.precision}")
     if packing:
         overrides.append(f"train.packing={packing}")
-    cmd = [sys.executable, "-m", "peftkit", "-q", "run", str(recipe), *overrides]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode not in (0, 3):  # 3: learned nothing useful in a few steps, speed still valid
-        raise SystemExit(f"{recipe.stem}: exit {proc.returncode}\n{proc.stderr[-2000:]}")
-    r = json.loads((out / "result.json").read_text())
+    r = run_peftkit(recipe, overrides, out)
     return {"tokens_per_s": r["train_tokens_per_second"], "peak_mb": r["peak_memory_mb"],
             "trainable": r["trainable_params"], "precision": r["precision"]}
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from peftkit.resume import LR_SEARCH
+from peftkit.rundir import LR_SEARCH
 
 SEARCH_SHARE = 0.15   # of the run's training example passes (issue 15: "at most ~15%")
 EVAL_COST = 1.0       # an evaluated example, in trained-example passes (padded batches on CPU)

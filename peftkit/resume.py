@@ -16,7 +16,6 @@ import yaml
 from peftkit import rundir
 from peftkit.errors import UsageError
 from peftkit.recipe import flatten
-from peftkit.rundir import LR_SEARCH  # noqa: F401 - peftkit.lr_search reads the name from here
 
 # Settings a resumed run may change: they do not alter what is trained.
 CHANGEABLE = ("train.num_threads", "train.report_to", "train.eval_batch_size", "train.save_steps",

@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from peftkit.errors import PeftkitError, UsageError
+
+if TYPE_CHECKING:  # loaded at call time: it imports torch
+    from peftkit.export.onnx_model import OnnxModel
 
 REQUIRES = ("onnx", "onnxscript", "onnxruntime")   # the `onnx` extra
 GRAPH = "model.onnx"     # beside it: model.onnx.data when the weights pass protobuf's 2 GiB

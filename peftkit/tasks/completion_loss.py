@@ -30,8 +30,6 @@ def completion_nll(head, hidden, labels, chunk_logits: int = CHUNK_LOGITS):
     """(sum of the fp32 cross-entropy over the labelled positions, their count).
     `hidden`: the positions' last hidden states; prompt tuning's virtual positions come first
     and carry no label, so the last labels.shape[1] positions are the labelled ones."""
-    import torch
-    import torch.nn.functional as F
     from torch.utils.checkpoint import checkpoint
 
     hidden = hidden[:, -labels.shape[1]:]
