@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from peftkit.errors import PeftkitError
+from peftkit.strategies.lora_addmm import add_inside_matmul
 from peftkit.strategies.peft_base import PeftStrategy, heads_to_save, target_modules, task_type
 
 INIT = {"default": True, "gaussian": "gaussian", "pissa": "pissa", "olora": "olora"}
@@ -24,6 +25,16 @@ class LoraStrategy(PeftStrategy):
 
     def method(self, settings: dict) -> str:
         return "dora" if settings.get("use_dora") else self.name
+
+    def apply(self, model, cfg, ctx):
+        model = super().apply(model, cfg, ctx)
+        add_inside_matmul(model)  # the update added inside one matmul (lora_addmm.py)
+        return model
+
+    def load(self, load_base, folder, cfg, ctx):
+        model = super().load(load_base, folder, cfg, ctx)
+        add_inside_matmul(model)
+        return model
 
     def mixed_batch(self, cfg) -> bool:
         # peft's mixed-adapter batches cover LoRA layers and modules_to_save heads, not DoRA
