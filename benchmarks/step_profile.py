@@ -1,12 +1,15 @@
 """One training step of MiniLM token classification, timed and profiled: full fine-tuning against
 LoRA variants, the model alone (no Trainer, no data pipeline) (issue 19, parts 2 and 3).
 
-    python benchmarks/step_profile.py [--threads 2] [--variants full,lora_all,lora_all_nodrop]
-                                      [--profile lora_all]
+    python benchmarks/step_profile.py [--threads 2] [--variants full,lora_all_nodrop,lora_all_nodrop_peft]
+                                      [--rounds 12] [--profile lora_all]
 
 Each variant: the packaged MiniLM with a 9-label head, random token ids (batch 32 x 40 tokens,
-CoNLL-2003's packed rows are about this size), forward + backward + AdamW step; the median of 12
-steps after 3 warm-up steps. MFU = model FLOPs (6 x matmul parameters x tokens for full
+CoNLL-2003's packed rows are about this size), forward + backward + AdamW step. The variants' steps
+are interleaved (one step of each per round, --rounds rounds after 3 warm-up rounds; the median
+per variant), so a slower or faster stretch of the machine falls on all of them alike. LoRA
+variants run as peftkit's LoRA strategy runs them (the update added inside one matmul,
+peftkit/strategies/lora_addmm.py); `_peft` variants keep peft's own forward. MFU = model FLOPs (6 x matmul parameters x tokens for full
 fine-tuning, 4x where the frozen base gets no weight gradients, plus attention) over the measured
 2048^2 fp32 matmul rate at the same thread count. --profile prints torch.profiler's table of the
 named variant's ops (self CPU time), which is where a step's time goes. Run it alone.
@@ -26,6 +29,7 @@ VARIANTS = {  # name -> (LoRA r, target modules, lora dropout); None: full fine-
     "lora_qv": (8, ["query", "value"], 0.1),
     "lora_all": (4, ALL_LINEAR, 0.1),
     "lora_all_nodrop": (4, ALL_LINEAR, 0.0),
+    "lora_all_nodrop_peft": (4, ALL_LINEAR, 0.0),
 }
 BATCH, TOKENS, LABELS = 32, 40, 9
 
@@ -41,9 +45,14 @@ def build(name: str):
                                                             num_labels=LABELS)
     if VARIANTS[name] is None:
         return model
+    from peftkit.strategies.lora_addmm import add_inside_matmul
+
     r, targets, dropout = VARIANTS[name]
-    return get_peft_model(model, LoraConfig(task_type="TOKEN_CLS", r=r, lora_alpha=2 * r,
-                                            lora_dropout=dropout, target_modules=targets))
+    model = get_peft_model(model, LoraConfig(task_type="TOKEN_CLS", r=r, lora_alpha=2 * r,
+                                             lora_dropout=dropout, target_modules=targets))
+    if not name.endswith("_peft"):
+        add_inside_matmul(model)
+    return model
 
 
 def batch():
@@ -64,14 +73,16 @@ def stepper(model):
     return step
 
 
-def median_step(step, steps: int = 12, warmup: int = 3) -> float:
-    times = []
-    for i in range(warmup + steps):
-        start = time.perf_counter()
-        step()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+def median_steps(steppers: dict, rounds: int, warmup: int = 3) -> dict:
+    """Median step seconds per variant, one step of each variant per round."""
+    times = {name: [] for name in steppers}
+    for i in range(warmup + rounds):
+        for name, step in steppers.items():
+            start = time.perf_counter()
+            step()
+            if i >= warmup:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(t)[len(t) // 2] for name, t in times.items()}
 
 
 def model_flops(model, name: str) -> float:
@@ -87,18 +98,17 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--rounds", type=int, default=12)
     p.add_argument("--profile", default="", help="a variant whose ops to profile")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     peak = matmul_peak("float32") * 1e9
     print(f"fp32 2048^2 matmul: {peak / 1e9:.0f} GFLOP/s on {a.threads} threads")
-    rows = {}
-    for name in a.variants.split(","):
-        model = build(name).train()
-        seconds = median_step(stepper(model))
-        rows[name] = seconds
-        mfu = model_flops(model, name) / seconds / peak
-        print(f"{name:16s} step {seconds * 1000:7.0f} ms  {BATCH * TOKENS / seconds:6.0f} tokens/s  "
+    models = {name: build(name).train() for name in a.variants.split(",")}
+    rows = median_steps({name: stepper(model) for name, model in models.items()}, a.rounds)
+    for name, seconds in rows.items():
+        mfu = model_flops(models[name], name) / seconds / peak
+        print(f"{name:20s} step {seconds * 1000:7.0f} ms  {BATCH * TOKENS / seconds:6.0f} tokens/s  "
               f"MFU {mfu:5.1%}" + (f"  {rows['full'] / seconds:.2f}x full" if "full" in rows else ""),
               flush=True)
     if a.profile:
