@@ -145,8 +145,10 @@ def build_trainer(recipe, model, tokenizer, task, encoded, labels, run_dir: Path
     stopping = [early_stopping(patience)] if patience else []
     declare_loss_kwargs(model)
     pad_multiple = pad_to_multiple(precision)
-    trainer_cls = with_task_loss(longest_first(trainer_class(recipe, model, tokenizer.pad_token_id)),
-                                 training_loss_of(recipe, task))
+    trainer_cls = trainer_class(recipe, model, tokenizer.pad_token_id)
+    if not probe:  # a learning-rate probe's plain loss is the Trainer's eval_loss, which depends
+        trainer_cls = longest_first(trainer_cls)  # on the batches: kept as measured (lr_search)
+    trainer_cls = with_task_loss(trainer_cls, training_loss_of(recipe, task))
     power = WEIGHT_POWER.get(recipe.train.class_weights)
     weights = (balanced_weights(task.label_prior(encoded["train"], len(labels)), power)
                if power else None)

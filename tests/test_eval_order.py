@@ -13,7 +13,7 @@ from peftkit.train import build_trainer
 TIMING = ("loss", "runtime", "samples_per_second", "steps_per_second", "preparation_time")
 
 
-def tiny_trainer(tiny_bert_dir, tmp_path, task, data):
+def tiny_trainer(tiny_bert_dir, tmp_path, task, data, probe=False):
     from peftkit.pipeline import build
 
     raw = tiny_ner_recipe(tiny_bert_dir, tmp_path / "run", eval_batch_size=4)
@@ -27,7 +27,7 @@ def tiny_trainer(tiny_bert_dir, tmp_path, task, data):
             if "classifier" in name and "lora" not in name:
                 param.normal_(0.0, 3.0)
     trainer = build_trainer(parts.recipe, model, parts.tokenizer, parts.task, parts.encoded,
-                            parts.labels, tmp_path / "run", "fp32", [])
+                            parts.labels, tmp_path / "run", "fp32", [], probe=probe)
     return trainer, parts.encoded["test"]
 
 
@@ -56,3 +56,12 @@ def test_metrics_equal_those_of_the_splits_own_order(tiny_bert_dir, tmp_path, ta
     scores = {k: v for k, v in in_order.items() if not k.endswith(TIMING)}
     assert 0 < scores.get("test_f1", scores.get("test_accuracy")) < 1, scores
     assert {k: longest_first[k] for k in scores} == pytest.approx(scores, abs=1e-9)
+
+
+def test_learning_rate_probes_keep_the_splits_order(tiny_bert_dir, tmp_path):
+    """lr_search's plain loss is the Trainer's eval_loss, a mean of per-batch means: its probes
+    evaluate in the split's own order, as when `auto`'s published picks were measured."""
+    trainer, test = tiny_trainer(tiny_bert_dir, tmp_path, "token-classification", "demo-ner",
+                                 probe=True)
+    order = [i for batch in trainer.get_eval_dataloader(test).batch_sampler for i in batch]
+    assert order == list(range(len(test)))
