@@ -10,8 +10,10 @@ Every evaluation metric peftkit computes is a sum over examples (entity F1, accu
 loss, next-token accuracy), so the order does not change it; the Trainer's `eval_loss` is a
 mean of per-batch means, which other batches make slightly different. That is why the
 learning-rate search's probes (train.build_trainer(probe=True)) keep the split's own order: their
-plain loss is that eval_loss, and `auto`'s published picks were measured with it. Longest first: the batch
-that needs the most memory comes first, so a run that cannot evaluate fails at once.
+plain loss is that eval_loss, and `auto`'s published picks were measured with it.
+
+Longest first: the batch that needs the most memory comes first, so a run that cannot evaluate
+fails at once.
 
 transformers has no evaluation-only form of this: its length-grouped sampler applies to the
 evaluation split only together with training's (`group_by_length`), and groups in random
