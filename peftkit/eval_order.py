@@ -31,10 +31,8 @@ def longest_first(trainer_cls):
 
     class LongestFirstEval(trainer_cls):
         def _get_eval_sampler(self, eval_dataset):
-            order = length_order(eval_dataset)
-            if order is None or self.args.world_size > 1:
-                return super()._get_eval_sampler(eval_dataset)
-            return FixedOrder(order)
+            order = length_order(eval_dataset) if self.args.world_size == 1 else None
+            return super()._get_eval_sampler(eval_dataset) if order is None else FixedOrder(order)
 
     return LongestFirstEval
 
