@@ -338,7 +338,8 @@ def trial_record(t) -> dict:
     return {"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
             "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             "error": t.user_attrs.get("error") or stopped_note(t), "health": t.user_attrs.get("health"),
-            "seconds": t.user_attrs.get("seconds")}
+            "seconds": t.user_attrs.get("seconds"),
+            "note": t.user_attrs.get("note")}  # set by whoever added a trial it did not run
 
 
 def stopped_note(t) -> str | None:
@@ -371,11 +372,12 @@ def write_records(out: Path, summaries: dict) -> None:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["group", "trial", "state", "value", "params", "reports", "last_report",
-                     "health", "seconds", "error"])
+                     "health", "seconds", "error", "note"])
     for group, s in summaries.items():
         for t in s["trial_list"]:
             steps = list(t["intermediate"].values())
             writer.writerow([group, t["number"], t["state"], t["value"], json.dumps(t["params"]),
                              len(steps), steps[-1] if steps else None, t["health"], t["seconds"],
-                             (t["error"] or "").splitlines()[0] if t["error"] else ""])
+                             (t["error"] or "").splitlines()[0] if t["error"] else "",
+                             t["note"] or ""])
     rundir.atomic_write_text(out / "trials.csv", buf.getvalue())
