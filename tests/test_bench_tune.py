@@ -293,3 +293,32 @@ def test_each_study_draws_its_own_start_up_trials():
         return study.ask().suggest_float("learning_rate", 1e-4, 1e-2, log=True)
 
     assert first_rate(seeds["conll:lora"]) != first_rate(seeds["conll:ia3"])
+
+
+def test_trials_added_to_the_study_count_and_keep_their_note(tiny_bert_dir, tmp_path, monkeypatch):
+    """A trial put in the storage by someone else (Optuna's add_trial: a study rebuilt from
+    recorded values) uses up budget, is never run again and says where it came from."""
+    from optuna.distributions import FloatDistribution
+
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 3, "seeds": 1})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    study = optuna.create_study(study_name="tiny:lora", storage=storage, direction="maximize")
+    for value, lr in [(0.25, 1e-3), (0.5, 2e-3)]:
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": lr}, value=value, user_attrs={"note": "re-entered"},
+            distributions={"learning_rate": FloatDistribution(1e-4, 5e-3, log=True)}))
+    ran = []
+
+    def fake(recipe, run_dir, callbacks=(), **kwargs):
+        ran.append((Path(run_dir).name, recipe.train.learning_rate))
+        return {"test": {"f1": 0.1}, "health": {"status": "ok"}, "metric": "f1"}
+
+    monkeypatch.setattr(pipeline, "run_recipe", fake)
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "--trials-only",
+                                       "--storage", storage, "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert [name for name, _ in ran] == ["trial-002"]  # only the third trial of three ran
+    rows = list(csv.DictReader((tmp_path / "out" / "trials.csv").open()))
+    assert [r["note"] for r in rows] == ["re-entered", "re-entered", ""]
+    tuning = json.loads((tmp_path / "out" / "tuning.json").read_text())["lora"]
+    assert tuning["params"] == {"learning_rate": 2e-3} and tuning["best_value"] == 0.5
