@@ -14,7 +14,8 @@ The thresholds are deliberately far from any healthy run (tests/test_health.py c
 - token classification: the gold labels have entities, but the model tags < 10% as many tokens
   as entities as the gold does, or finds no entity correctly (F1 < 0.01);
 - classification: >= 95% of predictions in one class while the gold majority class is <= 85%, or
-  accuracy within two standard errors of always answering the gold majority class;
+  predictions no better than chance: Matthews correlation (two classes) within two standard
+  errors of 0, else accuracy within two standard errors of always answering the majority class;
 - generation: most outputs empty, or one output for most of >= 4 distinct inputs;
 - loss: the training loss ends within 2% of where it started, or above it (>= 4 logged values).
 Torch-free: it reads numbers, not models.
@@ -93,11 +94,8 @@ def check(metrics: dict, split: str, lr_hint: str = "") -> list[Finding]:
                                f"common gold class is {gold_major:.1%} of the examples",
                                f"{fix_lr}; if the training classes are imbalanced, weigh them: "
                                "train.class_weights=balanced"))
-        elif m.get("accuracy") is not None and m["accuracy"] < gold_major + 2 * se:
-            out.append(Finding("chance", split,
-                               f"accuracy {m['accuracy']:.4f} is no better than always answering the "
-                               f"most common class ({gold_major:.4f})",
-                               f"{fix_lr}, or train longer (train.epochs)"))
+        elif (what := no_better_than_chance(m, gold_major, n, se)) is not None:
+            out.append(Finding("chance", split, what, f"{fix_lr}, or train longer (train.epochs)"))
     if m.get(f"{PREFIX}empty_share") is not None and m.get(f"{PREFIX}examples", 0) >= 4:
         if m[f"{PREFIX}empty_share"] > 0.5:
             out.append(Finding("empty-output", split,
@@ -108,6 +106,24 @@ def check(metrics: dict, split: str, lr_hint: str = "") -> list[Finding]:
                                f"one text is {m[f'{PREFIX}top_output_share']:.0%} of the generations "
                                "for distinct inputs", fix_lr))
     return out
+
+
+def no_better_than_chance(m: dict, gold_major: float, n: int, se: float) -> str | None:
+    """What says the predictions are no better than chance, or None. Matthews correlation where
+    it was computed (two classes): it is 0 for any guess, however the classes are balanced, and
+    stays fair to a model trained with class weights, which trades accuracy on an imbalanced split
+    for the minority class (on a 90/10 split such a model can score under the 0.90 of always
+    answering the majority and still have MCC 0.35). Otherwise accuracy against always answering
+    the most common class. Both within two standard errors (MCC's is 1/sqrt(n) with no association)."""
+    if m.get("mcc") is not None:
+        if m["mcc"] < 2 / math.sqrt(n):
+            return (f"Matthews correlation {m['mcc']:.4f}: the predictions agree with the labels "
+                    "no better than chance")
+        return None
+    if m.get("accuracy") is not None and m["accuracy"] < gold_major + 2 * se:
+        return (f"accuracy {m['accuracy']:.4f} is no better than always answering the most common "
+                f"class ({gold_major:.4f})")
+    return None
 
 
 def check_loss(losses: list[float], split: str = "train") -> list[Finding]:

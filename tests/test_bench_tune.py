@@ -322,3 +322,34 @@ def test_trials_added_to_the_study_count_and_keep_their_note(tiny_bert_dir, tmp_
     assert [r["note"] for r in rows] == ["re-entered", "re-entered", ""]
     tuning = json.loads((tmp_path / "out" / "tuning.json").read_text())["lora"]
     assert tuning["params"] == {"learning_rate": 2e-3} and tuning["best_value"] == 0.5
+
+
+def test_a_collapsed_trial_is_never_the_one_chosen(tiny_bert_dir, tmp_path, monkeypatch):
+    """On an imbalanced validation split always answering the majority can score best (accuracy
+    0.90 on 90/10): the search must pick the best healthy trial, and say so when none is."""
+    path = tuned_suite(tmp_path, tiny_bert_dir, {"trials": 3, "seeds": 1, "startup_trials": 3})
+    scores = iter([(0.85, "ok"), (0.90, "collapsed"), (0.80, "ok")])
+    lrs = []
+
+    def fake(recipe, run_dir, callbacks=(), **kwargs):
+        value, status = next(scores)
+        lrs.append(recipe.train.learning_rate)
+        return {"test": {"f1": value}, "health": {"status": status}, "metric": "f1"}
+
+    monkeypatch.setattr(pipeline, "run_recipe", fake)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["bench", str(path), "--tune", "--trials-only", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    tuning = json.loads((out / "tuning.json").read_text())["lora"]
+    assert tuning["best_trial"] == 0 and tuning["best_value"] == 0.85
+    assert tuning["params"] == {"learning_rate": lrs[0]} and tuning["collapsed"] == 1
+    rows = list(csv.DictReader((out / "trials.csv").open()))
+    assert [r["health"] for r in rows] == ["ok", "collapsed", "ok"]
+
+    from peftkit.bench.tune import summarize_study  # every trial collapsed: the best of them, said
+
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: (t.set_user_attr("health", "collapsed"),
+                              t.set_constraint("collapsed", 1.0), 0.9 - t.number / 10)[-1], n_trials=2)
+    summary = summarize_study(optuna, study, load_suite(path, tune=True).tune, "memory")
+    assert summary["best_trial"] == 0 and summary["collapsed"] == 2 and summary["best_collapsed"]

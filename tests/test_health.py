@@ -74,6 +74,27 @@ def test_a_healthy_classifier_is_not_flagged():
     assert check(cls_metrics(true, pred), "test") == []
 
 
+def test_chance_on_two_classes_is_judged_by_matthews_correlation():
+    """Under class weights a model trades accuracy on an imbalanced split for the minority class:
+    below always answering the majority, yet far from chance (the sst2-imbalanced trials of
+    2026-12-06: accuracy 0.893 on a 90/10 split, MCC 0.35). Guessing has MCC 0 however the classes
+    are balanced."""
+    from sklearn.metrics import matthews_corrcoef
+
+    def with_mcc(true, pred):
+        return {**cls_metrics(true, pred), "test_mcc": matthews_corrcoef(true, pred)}
+
+    true = [0] * 270 + [1] * 30
+    weighted = [0] * 250 + [1] * 20 + [1] * 12 + [0] * 18  # 12 of 30 minority found, 20 false alarms
+    m = with_mcc(true, weighted)
+    assert m["test_accuracy"] < 0.9 and m["test_mcc"] > 0.3
+    assert check(m, "test") == []
+    assert kinds(check(cls_metrics(true, weighted), "test")) == ["chance"]  # accuracy alone: flagged
+    always_majority = [0] * 300  # 90% accuracy, MCC 0
+    assert kinds(check(with_mcc(true, always_majority), "test")) == ["chance"]
+    assert kinds(check(with_mcc([0, 1] * 100, [0, 0, 1, 1] * 50), "test")) == ["chance"]
+
+
 def test_generation_collapse_empty_and_repeated_outputs():
     assert kinds(check({f"test_{k}": v for k, v in generation_stats(["", "", "", "x", ""]).items()},
                        "test")) == ["empty-output"]

@@ -212,7 +212,8 @@ def chosen(tuning: dict | None) -> dict | None:
     if not tuning:
         return None
     return {k: tuning.get(k) for k in ("study", "params", "best_trial", "best_value", "trials",
-                                       "complete", "pruned", "failed", "trials_scored_on")}
+                                       "complete", "collapsed", "pruned", "failed",
+                                       "trials_scored_on")}
 
 
 def to_csv(records: list[dict]) -> str:
@@ -262,10 +263,11 @@ def tuning_section(rows: list[dict]) -> list[str]:
     if not tuned:
         return []
     head = ["variant", "chosen setting", "best trial", "validation", "trials", "complete",
-            "pruned", "failed", "study"]
+            "collapsed", "pruned", "failed", "study"]
     body = [[r["variant"], setting_text(t["params"]), "–" if t["best_trial"] is None else
              f"#{t['best_trial']}", "–" if t["best_value"] is None else f"{t['best_value']:.4f}",
-             str(t["trials"]), str(t["complete"]), str(t["pruned"]), str(t["failed"]), t["study"]]
+             str(t["trials"]), str(t["complete"]), str(t.get("collapsed") or 0), str(t["pruned"]),
+             str(t["failed"]), t["study"]]
             for r in tuned for t in [r["tuning"]]]
     first = tuned[0]["tuning"]
     scored = sorted({t["trials_scored_on"] for r in tuned for t in [r["tuning"]]
@@ -273,10 +275,11 @@ def tuning_section(rows: list[dict]) -> list[str]:
     return ["## Tuning", "",
             f"Optuna TPE search per variant on the validation split ({first['budget']} trials "
             f"each, pruner {first['pruner']}), then the best setting trained once per seed and "
-            f"scored on test. Every trial, pruned and failed ones included, is in `trials.csv` and "
+            f"scored on test; a trial whose run collapsed (health check) is never the one chosen. "
+            f"Every trial, collapsed, pruned and failed ones included, is in `trials.csv` and "
             f"`tuning.json`; storage: `{first['storage']}`."
             + "".join(f" Trials scored on: {s}." for s in scored), "",
-            markdown_table(head, body, right={3, 4, 5, 6, 7}), ""]
+            markdown_table(head, body, right={3, 4, 5, 6, 7, 8}), ""]
 
 
 def setting_text(params: dict | None) -> str:

@@ -50,6 +50,9 @@ def require_optuna():
     except ImportError:
         raise UsageError("--tune searches with Optuna, which is not installed: "
                            "pip install 'peftkit[tune]' (or pip install optuna)") from None
+    if not hasattr(optuna.trial.Trial, "set_constraint"):  # collapsed trials are constraints
+        raise UsageError(f"--tune needs Optuna 5 or newer (installed: {optuna.__version__}): "
+                         "pip install -U 'optuna>=5'")
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # peftkit prints one line a trial
     return optuna
 
@@ -76,6 +79,13 @@ def tune_suite(suite: Suite, out: Path, storage_url: str | None = None, echo=cli
         run_trials(optuna, study, group, variants[0], spec, Path(out), echo)
         summaries[group] = {**summarize_study(optuna, study, spec, label),
                             "trials_scored_on": scored_on}
+        if summaries[group]["best_collapsed"]:
+            echo(click.style(
+                f"tune {group}: every completed trial collapsed (health check, trials.csv); its "
+                "test runs use the best of them and will be marked collapsed too. If the validation "
+                "classes are imbalanced, score the search on a class-balanced metric (eval.metric: "
+                "macro_f1 or mcc); else widen the search (tune.lr_range) or train longer",
+                fg="red", bold=True))
         tuned += [with_best(v, summaries[group]) for v in variants]
     write_records(Path(out), summaries)
     return dataclasses.replace(suite, variants=tuned)
@@ -236,7 +246,11 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
             shutil.rmtree(folder / rundir.CHECKPOINTS, ignore_errors=True)
-        trial.set_user_attr("health", (result.get("health") or {}).get("status"))
+        health = (result.get("health") or {}).get("status")
+        trial.set_user_attr("health", health)
+        # A collapsed trial can score best (accuracy on a 90/10 validation split: always answering
+        # the majority). Infeasible, it is never the study's best trial and TPE samples away from it.
+        trial.set_constraint("collapsed", 1.0 if health == "collapsed" else 0.0)
         value = result["test"].get(metric)  # test_split: null -> the (trial's) validation split
         if not isinstance(value, (int, float)):
             raise PeftkitError(f"the trial's results have no {metric!r} (eval.metric)")
@@ -320,18 +334,34 @@ def summarize_study(optuna, study, spec, storage: str) -> dict:
     state = optuna.trial.TrialState
     trials = study.get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == state.COMPLETE]
-    best = study.best_trial if complete else None
+    best = best_healthy_trial(study, complete) if complete else None
     return {
         "study": study.study_name, "storage": storage, "budget": spec.trials,
         "pruner": spec.pruner, "search": spec.as_dict(),
         "params": best.params if best else None, "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
+        "best_collapsed": bool(best and is_collapsed(best)),
         "trials": used(optuna, study), "complete": len(complete),
+        "collapsed": sum(is_collapsed(t) for t in complete),
         "pruned": sum(t.state == state.PRUNED for t in trials),
         "failed": sum(t.state == state.FAIL and "error" in t.user_attrs for t in trials),
         "not_finished": sum(not counts(optuna, t) and t.state != state.COMPLETE for t in trials),
         "trial_list": [trial_record(t) for t in trials],
     }
+
+
+def is_collapsed(trial) -> bool:
+    return trial.user_attrs.get("health") == "collapsed"
+
+
+def best_healthy_trial(study, complete: list):
+    """The best trial whose run did not collapse (Optuna's best among feasible trials); where every
+    completed trial collapsed, the best of them (its test runs are then marked collapsed too)."""
+    try:
+        return study.best_trial
+    except ValueError:
+        pick = max if study.direction.name == "MAXIMIZE" else min
+        return pick(complete, key=lambda t: t.value)
 
 
 def trial_record(t) -> dict:
