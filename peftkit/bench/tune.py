@@ -5,7 +5,8 @@ setting once per seed on test (issue 16).
         trial = pipeline.run_recipe(variant + suggested lr [+ size], test_split: null
                                     [, eval_split: null where validation is the test split])
                 └ ReportToStudy: validation metric ─▶ trial.report ─▶ pruner ─▶ TrialPruned
-    best trial's params ─▶ the group's variants (one per seed) ─▶ runner.run_suite (test split)
+                └ health check collapsed ─▶ trial.set_constraint: infeasible, never the best
+    best (healthy) trial's params ─▶ the group's variants (one per seed) ─▶ runner.run_suite (test split)
     DIR/tune.db (default storage) · DIR/trials/<group>/trial-NNN/ · tuning.json · trials.csv
 
 A trial is an ordinary run through the same pipeline; only its final metrics come from the
