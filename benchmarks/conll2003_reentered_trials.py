@@ -5,7 +5,7 @@ The first study database of `peftkit bench benchmarks/conll2003.yaml --tune` (20
 validation F1 and learning rates were published as they finished (benchmarks/RESULTS.md, "CoNLL-2003
 tuned"); this adds them to STORAGE with Optuna's `add_trial` so that the bench resumes after them
 instead of spending those core-hours again. The learning rates are the published two significant
-digits (the trials ran at the unrounded rate: 2.5e-4 stands for a rate within 0.5% of it); every
+digits (the trials ran at the unrounded rate: 2.5e-4 stands for a rate within 2% of it); every
 re-entered trial says so in its user attribute `note` (trials.csv's note column).
 
     PEFTKIT_DATA_DIR=../shared/data python benchmarks/conll2003_reentered_trials.py journal:PATH
