@@ -247,11 +247,12 @@ def objective(optuna, group: str, template: Variant, spec, out: Path):
         finally:
             trial.set_user_attr("seconds", round(time.monotonic() - start, 1))
             shutil.rmtree(folder / rundir.CHECKPOINTS, ignore_errors=True)
-        health = (result.get("health") or {}).get("status")
-        trial.set_user_attr("health", health)
+        from peftkit.health import is_collapsed
+
+        trial.set_user_attr("health", (result.get("health") or {}).get("status"))
         # A collapsed trial can score best (accuracy on a 90/10 validation split: always answering
         # the majority). Infeasible, it is never the study's best trial and TPE samples away from it.
-        trial.set_constraint("collapsed", 1.0 if health == "collapsed" else 0.0)
+        trial.set_constraint("collapsed", 1.0 if is_collapsed(result) else 0.0)
         value = result["test"].get(metric)  # test_split: null -> the (trial's) validation split
         if not isinstance(value, (int, float)):
             raise PeftkitError(f"the trial's results have no {metric!r} (eval.metric)")
@@ -341,9 +342,9 @@ def summarize_study(optuna, study, spec, storage: str) -> dict:
         "pruner": spec.pruner, "search": spec.as_dict(),
         "params": best.params if best else None, "best_trial": best.number if best else None,
         "best_value": best.value if best else None,
-        "best_collapsed": bool(best and is_collapsed(best)),
+        "best_collapsed": bool(best and trial_collapsed(best)),
         "trials": used(optuna, study), "complete": len(complete),
-        "collapsed": sum(is_collapsed(t) for t in complete),
+        "collapsed": sum(trial_collapsed(t) for t in complete),
         "pruned": sum(t.state == state.PRUNED for t in trials),
         "failed": sum(t.state == state.FAIL and "error" in t.user_attrs for t in trials),
         "not_finished": sum(not counts(optuna, t) and t.state != state.COMPLETE for t in trials),
@@ -351,7 +352,8 @@ def summarize_study(optuna, study, spec, storage: str) -> dict:
     }
 
 
-def is_collapsed(trial) -> bool:
+def trial_collapsed(trial) -> bool:
+    """The trial's run was found collapsed (the health status the objective recorded)."""
     return trial.user_attrs.get("health") == "collapsed"
 
 
